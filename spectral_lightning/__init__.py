@@ -1,0 +1,37 @@
+"""spectral_lightning: train transformers whose linear weights live in a compressed form.
+
+Importing the package registers the built-in parameterizations (``dense``, ``dct``, ``lowrank``).
+"""
+
+from spectral_lightning.data import CharDataModule, CharTokenizer
+from spectral_lightning.errors import ConfigError, DataError
+from spectral_lightning.model import GPT, GPTConfig
+from spectral_lightning.module import SpectralLM
+from spectral_lightning.parameterizations import (
+    DCT,
+    Dense,
+    LowRank,
+    Parameterization,
+    ParameterizedLinear,
+    available,
+    register,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DCT",
+    "CharDataModule",
+    "CharTokenizer",
+    "ConfigError",
+    "DataError",
+    "Dense",
+    "GPT",
+    "GPTConfig",
+    "LowRank",
+    "Parameterization",
+    "ParameterizedLinear",
+    "SpectralLM",
+    "available",
+    "register",
+]

@@ -1,0 +1,177 @@
+"""SpectralLM: the LightningModule that trains a :class:`~spectral_lightning.model.GPT` on characters.
+
+Every option is a plain typed value (LightningCLI turns the docstring into ``--help``), and
+``save_hyperparameters()`` records all of them, the vocabulary included, so a checkpoint alone rebuilds the
+model and its tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from spectral_lightning.data import CharTokenizer
+from spectral_lightning.errors import ConfigError
+from spectral_lightning.model import BLOCK_LINEARS, GPT, GPTConfig
+from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, resolve
+
+
+class SpectralLM(L.LightningModule):
+    """Next-character language model whose linears are stored by a chosen parameterization.
+
+    Args:
+        vocab: the characters of the training text, in token order (linked from ``data.vocab``).
+        block_size: context length (linked from ``data.block_size``).
+        n_layer: transformer blocks (≥ 1).
+        n_head: attention heads (≥ 1, must divide ``n_embd``).
+        n_embd: model width d (≥ 1).
+        dropout: dropout probability in [0, 1).
+        bias: biases in linears and LayerNorms.
+        parameterization: how the selected linears store their weights: a registered name (``dense``,
+            ``dct``, ``lowrank``, or your own) or ``class_path``/``init_args`` with options.
+        parameterize: module-name patterns (fnmatch) of the linears to parameterize; the rest stay dense.
+            Default: the four linears of every block. Add ``lm_head`` to compress the LM head too.
+        lr: peak learning rate of AdamW (> 0).
+        betas: AdamW betas.
+        weight_decay: decoupled weight decay on weights/coefficients/factors (not biases, norms, embeddings).
+        warmup_steps: linear warm-up steps from 0 to ``lr`` (≥ 0).
+        min_lr: floor of the cosine decay, reached at the trainer's ``max_steps``.
+    """
+
+    def __init__(
+        self,
+        vocab: str,
+        block_size: int = 128,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        dropout: float = 0.0,
+        bias: bool = True,
+        parameterization: Parameterization | str = "dense",
+        parameterize: list[str] = list(BLOCK_LINEARS),
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.1,
+        warmup_steps: int = 100,
+        min_lr: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not lr > 0 or not 0 <= min_lr <= lr:
+            raise ConfigError(f"model.lr={lr} / model.min_lr={min_lr} are not valid: expected 0 <= min_lr <= lr, lr > 0")
+        if warmup_steps < 0 or weight_decay < 0:
+            raise ConfigError("model.warmup_steps and model.weight_decay must be >= 0")
+        self.tokenizer = CharTokenizer(vocab)
+        self.strategy = resolve(parameterization)
+        config = GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias)
+        self.model = GPT(config, self.strategy, parameterize)
+        self.val_loss, self.val_ppl = MeanMetric(), Perplexity()
+        self.test_loss, self.test_ppl = MeanMetric(), Perplexity()
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.model(idx)  # (B, T) -> (B, T, V)
+
+    # -- steps -------------------------------------------------------------------------------------------
+    def _step(self, batch: Tensor, stage: str) -> Tensor:
+        x, y = batch[:, :-1], batch[:, 1:]  # (B, T), (B, T)
+        logits = self(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True)
+        else:
+            mean, ppl = (self.val_loss, self.val_ppl) if stage == "val" else (self.test_loss, self.test_ppl)
+            mean.update(loss, weight=y.numel())
+            ppl.update(logits.float(), y)
+            self.log(f"{stage}/loss", mean, prog_bar=stage == "val")
+            self.log(f"{stage}/ppl", ppl)
+        return loss
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        """Per-window mean next-character loss, shape (B,)."""
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits = self(x).float()  # (B, T, V)
+        return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
+
+    # -- optimization ------------------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups by role.
+
+        Decayed: every linear's weight-defining Parameters (dense weights, DCT coefficients, low-rank
+        factors). For DCT, decay on X equals decay on W (Parseval); for low-rank, decaying B and A is a
+        nuclear-norm-like penalty on W (see ``parameterizations/lowrank.py``). Not decayed: biases,
+        LayerNorm gains and the token/position embeddings (decaying lookup tables only shrinks rare rows).
+        """
+        decay = [p for m in self.model.modules() if isinstance(m, ParameterizedLinear) for p in m.weight_parameters()]
+        ids = {id(p) for p in decay}
+        no_decay = [p for p in self.model.parameters() if id(p) not in ids]
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """Linear warm-up to 1, then cosine decay to ``min_lr / lr`` at ``total_steps``."""
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        floor = hp.min_lr / hp.lr
+        progress = min(1.0, (step - hp.warmup_steps) / max(1, total_steps - hp.warmup_steps))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, int(total)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("vocab")
+        if saved is not None and saved != self.hparams.vocab:
+            raise ConfigError(
+                f"the checkpoint was trained on a vocabulary of {len(saved)} characters ({saved!r}), but this "
+                f"run's data has {len(self.hparams.vocab)} ({self.hparams.vocab!r}); use the text it was "
+                "trained on, or start a new run without --ckpt_path"
+            )
+
+    # -- sampling ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        num_samples: int = 1,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Sample ``num_samples`` continuations of ``prompt`` (which must use the training vocabulary)."""
+        ids = self.tokenizer.encode(prompt or self.tokenizer.vocab[0])
+        idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        was_training = self.training
+        self.eval()
+        try:
+            new = [t for t in self.model.generate(idx, max_new_tokens, temperature, top_k, gen)]
+        finally:
+            self.train(was_training)
+        out = torch.cat(new, dim=1) if new else idx[:, :0]
+        return [prompt + self.tokenizer.decode(row) for row in out]

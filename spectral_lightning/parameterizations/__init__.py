@@ -1,0 +1,74 @@
+"""Weight parameterizations: how each linear layer stores its m×n weight W.
+
+=========  ==========================  =====================================
+name       W                           stored values
+=========  ==========================  =====================================
+dense      W                           m·n
+dct        C_mᵀ X C_n, X K-sparse      K = round(mn / c) (lowpass: a·b ≈ K)
+lowrank    B·A, B m×r, A r×n           r·(m + n)
+=========  ==========================  =====================================
+
+C_m is the orthonormal m×m DCT-II matrix. Add your own with one class and one ``@register("name")`` line.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from spectral_lightning.errors import ConfigError
+
+from spectral_lightning.parameterizations.base import (
+    Parameterization,
+    ParameterizedLinear,
+    ReconstructedLinear,
+)
+from spectral_lightning.parameterizations.dct import DCT, DCTLinear, dct_matrix
+from spectral_lightning.parameterizations.dense import Dense, DenseLinear
+from spectral_lightning.parameterizations.lowrank import LowRank, LowRankLinear
+from spectral_lightning.parameterizations.registry import (
+    available,
+    get,
+    register,
+    unregister,
+)
+
+
+def resolve(spec: str | dict | Parameterization) -> Parameterization:
+    """A strategy from an instance (returned as is), a registered name (default options), or a
+    ``{"class_path": ..., "init_args": {...}}`` dict whose class_path is a registered name or a dotted path."""
+    if isinstance(spec, Parameterization):
+        return spec
+    if isinstance(spec, str):
+        return get(spec.lower())()
+    if isinstance(spec, dict) and "class_path" in spec:
+        path, init_args = spec["class_path"], dict(spec.get("init_args") or {})
+        if "." not in path:
+            return get(path.lower())(**init_args)
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, Parameterization)):
+            raise ConfigError(f"class_path {path!r} is not a Parameterization subclass")
+        return cls(**init_args)
+    raise ConfigError(
+        f"parameterization={spec!r} is not valid: expected a registered name ({', '.join(available())}), "
+        "a class_path/init_args mapping, or a Parameterization instance"
+    )
+
+
+__all__ = [
+    "DCT",
+    "DCTLinear",
+    "Dense",
+    "DenseLinear",
+    "LowRank",
+    "LowRankLinear",
+    "Parameterization",
+    "ParameterizedLinear",
+    "ReconstructedLinear",
+    "available",
+    "dct_matrix",
+    "get",
+    "register",
+    "resolve",
+    "unregister",
+]

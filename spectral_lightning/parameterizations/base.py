@@ -1,0 +1,198 @@
+"""The contract every weight parameterization follows.
+
+A *strategy* (:class:`Parameterization`) is a small object of plain typed options (so YAML, ``--help`` and
+``hparams.yaml`` all show them) that builds one linear layer for a given shape. A built layer
+(:class:`ParameterizedLinear`) behaves like ``nn.Linear``:
+
+* ``forward(x) == F.linear(x, layer.weight, layer.bias)``; ``weight`` is the materialized m×n matrix
+  (m = ``out_features``, n = ``in_features``);
+* only its trainable values are Parameters; derived tensors (bases, index sets) are non-persistent buffers
+  rebuilt from shape and seed, so a checkpoint holds coefficients only;
+* ``stored`` is the number of weight values it keeps (the bias, if any, is counted separately);
+* ``to_dense()`` returns an ``nn.Linear`` with identical outputs; ``load_dense_(w, b)`` initializes the layer
+  from a dense weight (a projection when the layer cannot represent ``w`` exactly).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spectral_lightning.errors import ConfigError
+
+
+class ParameterizedLinear(nn.Module, ABC):
+    """Base class of every layer a strategy builds. Subclasses provide ``weight`` and ``stored``.
+
+    Args:
+        in_features: n, the input width.
+        out_features: m, the output width.
+        bias: whether to learn an additive bias (initialized to zero, as nanoGPT does).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @property
+    @abstractmethod
+    def stored(self) -> int:
+        """Number of weight values this layer stores (excluding the bias)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        return F.linear(x, w.to(x.dtype), self.bias)  # (..., n) -> (..., m)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """The Parameters that define ``weight`` (everything but the bias): these receive weight decay."""
+        return [p for name, p in self.named_parameters(recurse=False) if name != "bias"]
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` holding the materialized weight; its outputs equal this layer's."""
+        w = self.weight.detach()
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        dense = dense.to(device=w.device, dtype=self.bias.dtype if self.bias is not None else w.dtype)
+        dense.weight.copy_(w)
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
+    @torch.no_grad()
+    def load_dense_(self, weight: Tensor, bias: Tensor | None = None) -> ParameterizedLinear:
+        """Initialize from a dense ``(out_features, in_features)`` weight (and bias); returns ``self``."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ConfigError(
+                f"dense weight has shape {tuple(weight.shape)}, expected "
+                f"({self.out_features}, {self.in_features}) for {self.__class__.__name__}"
+            )
+        self._load_dense_weight(weight.detach().to(torch.float64))
+        if self.bias is not None and bias is not None:
+            self.bias.copy_(bias)
+        return self
+
+    @abstractmethod
+    def _load_dense_weight(self, weight: Tensor) -> None:
+        """Set the stored values from a float64 dense weight (projecting if needed)."""
+
+    def extra_repr(self) -> str:
+        dense = self.in_features * self.out_features
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"stored={self.stored} ({self.stored / dense:.1%} of {dense})"
+        )
+
+
+class ReconstructedLinear(ParameterizedLinear):
+    """A layer whose weight is rebuilt from stored values by :meth:`reconstruct` at each forward.
+
+    Reconstruction always runs in float32 with autocast disabled (the bases are orthonormal only to float32
+    precision, and bf16 rounding of coefficients would add noise to every weight entry). When autograd is
+    off (validation, generation) the materialized weight is cached and reused until a Parameter changes
+    (tracked by each tensor's version counter and storage), so evaluation costs what a dense layer costs.
+
+    Subclasses list their float basis buffers in ``_basis_buffers`` and rebuild them in
+    :meth:`_build_buffers`; a cast of the module to half precision (``bf16-true``) then rebuilds the bases in
+    float32 instead of rounding them.
+    """
+
+    _basis_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self._cache: tuple[tuple, Tensor] | None = None
+
+    @abstractmethod
+    def reconstruct(self) -> Tensor:
+        """Materialize the (out_features, in_features) weight in float32 from the stored values."""
+
+    @abstractmethod
+    def _build_buffers(self, device: torch.device | None = None) -> None:
+        """(Re)create the non-persistent derived buffers from shape and options."""
+
+    @property
+    def weight(self) -> Tensor:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            self._cache = None
+            return self._materialize()
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.weight_parameters())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._materialize())
+        return self._cache[1]
+
+    def _materialize(self) -> Tensor:
+        device_type = self.weight_parameters()[0].device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self.reconstruct()
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module signature)
+        super()._apply(fn, recurse)
+        self._cache = None
+        bases = [self._buffers[name] for name in self._basis_buffers]
+        if any(b is not None and b.dtype != torch.float32 for b in bases):
+            self._build_buffers(device=bases[0].device)
+        return self
+
+
+class Parameterization:
+    """A strategy: typed options plus :meth:`build`. Subclass it and decorate with ``@register("name")``.
+
+    Subclasses keep every ``__init__`` argument as an attribute of the same name (that is how ``repr``,
+    equality and serialization find them) and validate them eagerly, raising ``ValueError`` that names the
+    option, the value and the valid range.
+    """
+
+    name: ClassVar[str] = ""
+
+    def build(self, in_features: int, out_features: int, bias: bool = True) -> ParameterizedLinear:
+        """Return a freshly initialized layer computing ``y = x W^T + b`` with W of shape (out, in)."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, object]:
+        """The constructor arguments of this strategy, by name (what YAML's ``init_args`` holds)."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in params if k != "self"}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.options() == other.options()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted((k, repr(v)) for k, v in self.options().items()))))
+
+
+def check_int(option: str, value: object, low: int, high: int | None = None, where: str = "") -> int:
+    """Validate an integer option; raise ValueError naming it, its value and the valid range."""
+    rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{option}={value!r} is not valid{where}: expected {rng}")
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{option}={value} is out of range{where}: expected {rng}")
+    return value
+
+
+def check_compression(value: object, option: str = "compression") -> float:
+    """Validate a compression factor c >= 1 (the layer keeps about 1/c of the dense values)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ConfigError(f"{option}={value!r} is not valid: expected a finite number >= 1 (1 = no compression)")
+    return float(value)
+
+
+def check_std(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"init_std={value!r} is not valid: expected a finite number > 0 (e.g. 0.02)")
+    return float(value)

@@ -1,0 +1,218 @@
+"""DCT: W is rebuilt from K stored 2-D DCT-II coefficients.
+
+For W of shape m×n let C_m, C_n be the orthonormal DCT-II matrices (``dct_matrix``). The layer stores K
+coefficients at K selected positions of an m×n matrix X (zero elsewhere) and uses
+
+    W = C_mᵀ X C_n            parameters: K (+ m for the bias)
+
+Because both bases are orthonormal, ‖W‖_F = ‖X‖_F (Parseval), and projecting a dense W onto the selection
+(X = C_m W C_nᵀ, keep the selected entries) is the best Frobenius approximation on that support.
+
+Selections, and the rank they allow (rank W = rank X):
+
+* ``lowpass``: the top-left a×b block with a ≈ m/√c, b ≈ n/√c (exactly mn/4 for c = 4): rank ≤ min(a, b);
+* ``zigzag``: the first K positions in JPEG zigzag order (exact K). They fill the anti-diagonals
+  i + j ≤ D, so X has at most D + 1 non-zero rows and columns: rank ≤ min(D + 1, m, n);
+* ``random``: K positions drawn without replacement by a generator seeded with ``seed`` (exact K; the same
+  seed and shape give the same positions, so checkpoints reload and DDP ranks agree). No structural rank cap.
+
+Only the rows and columns that hold a selected position take part in the reconstruction: the bases are
+sliced to them once, so ``lowpass`` is two small matmuls with no scatter at all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from spectral_lightning.errors import ConfigError
+from spectral_lightning.parameterizations.base import (
+    Parameterization,
+    ReconstructedLinear,
+    check_compression,
+    check_int,
+    check_std,
+)
+from spectral_lightning.parameterizations.registry import register
+
+Selection = Literal["lowpass", "zigzag", "random"]
+SELECTIONS: tuple[str, ...] = ("lowpass", "zigzag", "random")
+
+
+def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    """Orthonormal DCT-II matrix C (n×n): C[k, i] = √(2/n)·cos(π(2i+1)k / 2n), row 0 scaled by 1/√2.
+
+    ``C @ x`` is the DCT-II of x; ``C.T @ y`` inverts it. Computed in float64, then cast.
+    """
+    k = torch.arange(n, dtype=torch.float64, device=device).unsqueeze(1)
+    i = torch.arange(n, dtype=torch.float64, device=device).unsqueeze(0)
+    c = math.sqrt(2.0 / n) * torch.cos(math.pi * (2 * i + 1) * k / (2 * n))
+    c[0] /= math.sqrt(2.0)
+    return c.to(dtype)
+
+
+def lowpass_block(m: int, n: int, k: int) -> tuple[int, int]:
+    """Block a×b of about k positions with the aspect ratio of m×n (a ≈ √(k·m/n), b ≈ k/a)."""
+    a = min(m, max(1, round(math.sqrt(k * m / n))))
+    b = min(n, max(1, round(k / a)))
+    return a, b
+
+
+def zigzag_order(m: int, n: int) -> Tensor:
+    """Flat (row-major) indices of an m×n matrix in JPEG zigzag order: by anti-diagonal d = i + j,
+    alternating direction ((0,0), (0,1), (1,0), (2,0), (1,1), (0,2), ...)."""
+    i, j = torch.meshgrid(torch.arange(m), torch.arange(n), indexing="ij")
+    d = i + j
+    # Odd diagonals run down-left (i increasing), even ones up-right (i decreasing).
+    within = torch.where(d % 2 == 1, i, -i)
+    key = d * (2 * m + 1) + within + m  # lexicographic (d, within) as one integer
+    return torch.argsort(key.flatten())
+
+
+def select_positions(m: int, n: int, k: int, selection: str, seed: int) -> Tensor:
+    """Sorted flat indices of the k selected positions of an m×n coefficient matrix."""
+    if selection == "zigzag":
+        idx = zigzag_order(m, n)[:k]
+    elif selection == "random":
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(m * n, generator=gen)[:k]
+    elif selection == "lowpass":
+        a, b = lowpass_block(m, n, k)
+        idx = (torch.arange(a).unsqueeze(1) * n + torch.arange(b).unsqueeze(0)).flatten()
+    else:
+        raise ConfigError(f"selection={selection!r} is not valid: expected one of {', '.join(SELECTIONS)}")
+    return torch.sort(idx).values
+
+
+class DCTLinear(ReconstructedLinear):
+    """Linear layer whose weight is W = C_mᵀ X C_n with X holding ``stored`` trainable coefficients.
+
+    Args:
+        in_features: n.
+        out_features: m.
+        bias: learn a bias.
+        k: number of coefficients requested (``lowpass`` rounds it to an a×b block).
+        selection: ``lowpass``, ``zigzag`` or ``random``.
+        seed: seed of the ``random`` selection.
+        init_std: per-entry standard deviation of the initial W (matches the dense init).
+    """
+
+    _basis_buffers = ("basis_out", "basis_in")
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        k: int = 1,
+        selection: str = "lowpass",
+        seed: int = 0,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.selection, self.seed, self.init_std = selection, seed, init_std
+        m, n = out_features, in_features
+        positions = select_positions(m, n, k, selection, seed)
+        rows, cols = positions // n, positions % n
+        # Only rows < ra and columns < cb hold coefficients: slice the bases to them once.
+        self.ra, self.cb = int(rows.max()) + 1, int(cols.max()) + 1
+        self.k = positions.numel()
+        self.block = self.k == self.ra * self.cb  # the support is the full top-left block: no scatter
+        self._positions = rows * self.cb + cols  # flat indices into the ra×cb corner
+        shape = (self.ra, self.cb) if self.block else (self.k,)
+        self.coef = nn.Parameter(torch.empty(shape))
+        self._build_buffers()
+        self.reset_parameters()
+
+    def _build_buffers(self, device: torch.device | None = None) -> None:
+        m, n = self.out_features, self.in_features
+        self.register_buffer("basis_out", dct_matrix(m, torch.float32, device)[: self.ra], persistent=False)
+        self.register_buffer("basis_in", dct_matrix(n, torch.float32, device)[: self.cb], persistent=False)
+        self.register_buffer("positions", self._positions.to(device), persistent=False)
+
+    def reset_parameters(self) -> None:
+        # The DCT bases are orthonormal, so ‖W‖_F² = ‖X‖_F² = sum of the K squared coefficients. For W's
+        # m·n entries to have the dense variance σ², the K coefficients need variance σ²·mn/K.
+        std = self.init_std * math.sqrt(self.in_features * self.out_features / self.k)
+        nn.init.normal_(self.coef, mean=0.0, std=std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def stored(self) -> int:
+        return self.k
+
+    def coefficient_matrix(self) -> Tensor:
+        """The ra×cb top-left corner of X (float32), zeros where no coefficient is stored."""
+        coef = self.coef.float()
+        if self.block:
+            return coef
+        x = torch.zeros(self.ra * self.cb, dtype=coef.dtype, device=coef.device)
+        return x.index_put((self.positions,), coef).view(self.ra, self.cb)
+
+    def reconstruct(self) -> Tensor:
+        x = self.coefficient_matrix()  # (ra, cb)
+        return self.basis_out.t() @ (x @ self.basis_in)  # (m, ra) @ (ra, cb) @ (cb, n) -> (m, n)
+
+    def _load_dense_weight(self, weight: Tensor) -> None:
+        m, n = self.out_features, self.in_features
+        x = dct_matrix(m, device=weight.device) @ weight @ dct_matrix(n, device=weight.device).t()
+        x = x[: self.ra, : self.cb]
+        coef = x if self.block else x.flatten()[self.positions.to(weight.device)]
+        self.coef.copy_(coef.reshape(self.coef.shape))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, selection={self.selection}" + (
+            f", seed={self.seed}" if self.selection == "random" else ""
+        )
+
+
+@register("dct")
+class DCT(Parameterization):
+    """Store K 2-D DCT coefficients per weight and rebuild W = C_mᵀ X C_n at each forward.
+
+    Args:
+        compression: c ≥ 1; each m×n weight keeps K = round(mn / c) coefficients (c = 4: the paper's 29%
+            model; c = 1: every coefficient, exactly equivalent to dense).
+        k: explicit K in [1, m·n] for every layer; when given it takes precedence over ``compression``.
+        selection: which positions are kept: ``lowpass`` (top-left block, ~m/√c × n/√c), ``zigzag``
+            (first K in JPEG zigzag order) or ``random`` (K seeded random positions).
+        seed: seed of the ``random`` selection (any integer ≥ 0).
+        init_std: per-entry std of the initial W (> 0), matched to the dense init.
+    """
+
+    def __init__(
+        self,
+        compression: float = 4.0,
+        k: int | None = None,
+        selection: Selection = "lowpass",
+        seed: int = 0,
+        init_std: float = 0.02,
+    ) -> None:
+        self.compression = check_compression(compression)
+        self.k = None if k is None else check_int("k", k, 1)
+        if selection not in SELECTIONS:
+            raise ConfigError(f"selection={selection!r} is not valid: expected one of {', '.join(SELECTIONS)}")
+        self.selection = selection
+        self.seed = check_int("seed", seed, 0)
+        self.init_std = check_std(init_std)
+
+    def num_coefficients(self, in_features: int, out_features: int) -> int:
+        """K requested for an (out_features × in_features) weight."""
+        mn = in_features * out_features
+        if self.k is not None:
+            return check_int("k", self.k, 1, mn, where=f" for a {out_features}x{in_features} weight")
+        k = round(mn / self.compression)
+        if k < 1:
+            raise ConfigError(
+                f"compression={self.compression} leaves no coefficient of a {out_features}x{in_features} "
+                f"weight: expected a value in [1, {mn}]"
+            )
+        return k
+
+    def build(self, in_features: int, out_features: int, bias: bool = True) -> DCTLinear:
+        k = self.num_coefficients(in_features, out_features)
+        return DCTLinear(in_features, out_features, bias, k, self.selection, self.seed, self.init_std)
