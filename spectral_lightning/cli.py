@@ -9,7 +9,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from spectral_lightning.data import CharDataModule
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.module import SpectralLM
+from spectral_lightning.module import NonFiniteLossError, SpectralLM
 
 
 def default_precision() -> str:
@@ -42,6 +42,6 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SpectralCLI:
             run=run,
             save_config_kwargs={"overwrite": True},
         )
-    except ConfigError as err:
+    except (ConfigError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

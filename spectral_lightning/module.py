@@ -23,6 +23,10 @@ from spectral_lightning.model import BLOCK_LINEARS, GPT, GPTConfig
 from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, resolve
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
 class SpectralLM(L.LightningModule):
     """Next-character language model whose linears are stored by a chosen parameterization.
 
@@ -43,6 +47,10 @@ class SpectralLM(L.LightningModule):
         weight_decay: decoupled weight decay on weights/coefficients/factors (not biases, norms, embeddings).
         warmup_steps: linear warm-up steps from 0 to ``lr`` (≥ 0).
         min_lr: floor of the cosine decay, reached at the trainer's ``max_steps``.
+        compile: run the model through ``torch.compile`` (parameterized layers are built first, then the
+            whole GPT is compiled; the state dict keeps its plain names).
+        check_finite: stop training with an error naming the step as soon as the training loss is NaN/inf,
+            before the optimizer applies it (one host sync per step).
     """
 
     def __init__(
@@ -61,6 +69,8 @@ class SpectralLM(L.LightningModule):
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
         min_lr: float = 1e-4,
+        compile: bool = False,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -74,9 +84,16 @@ class SpectralLM(L.LightningModule):
         self.model = GPT(config, self.strategy, parameterize)
         self.val_loss, self.val_ppl = MeanMetric(), Perplexity()
         self.test_loss, self.test_ppl = MeanMetric(), Perplexity()
+        self._compiled: torch.nn.Module | None = None
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and self._compiled is None:
+            # Kept outside the module tree so checkpoints hold `model.*` keys, not `_orig_mod.*`.
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def forward(self, idx: Tensor) -> Tensor:
-        return self.model(idx)  # (B, T) -> (B, T, V)
+        model = self._compiled if self._compiled is not None else self.model
+        return model(idx)  # (B, T) -> (B, T, V)
 
     # -- steps -------------------------------------------------------------------------------------------
     def _step(self, batch: Tensor, stage: str) -> Tensor:
@@ -94,7 +111,13 @@ class SpectralLM(L.LightningModule):
         return loss
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if self.hparams.check_finite and not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step}; stopped before applying it. The "
+                "last good state is in the run's checkpoints (last.ckpt); lower model.lr or check the data"
+            )
+        return loss
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self._step(batch, "val")
