@@ -92,9 +92,7 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
     if dest.exists():
         if sha256_of(dest) == sha256:
             return dest
-        raise DataError(
-            f"cached file {dest} does not match the expected SHA-256 {sha256}; delete it to download again"
-        )
+        raise DataError(f"cached file {dest} does not match the expected SHA-256 {sha256}; delete it to download again")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()

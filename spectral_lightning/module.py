@@ -63,7 +63,7 @@ class SpectralLM(L.LightningModule):
         dropout: float = 0.0,
         bias: bool = True,
         parameterization: Parameterization | str = "dense",
-        parameterize: list[str] = list(BLOCK_LINEARS),
+        parameterize: list[str] = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.1,
@@ -72,10 +72,14 @@ class SpectralLM(L.LightningModule):
         compile: bool = False,
         check_finite: bool = True,
     ) -> None:
+        if parameterize is None:
+            parameterize = list(BLOCK_LINEARS)
         super().__init__()
         self.save_hyperparameters()
         if not lr > 0 or not 0 <= min_lr <= lr:
-            raise ConfigError(f"model.lr={lr} / model.min_lr={min_lr} are not valid: expected 0 <= min_lr <= lr, lr > 0")
+            raise ConfigError(
+                f"model.lr={lr} / model.min_lr={min_lr} are not valid: expected 0 <= min_lr <= lr, lr > 0"
+            )
         if warmup_steps < 0 or weight_decay < 0:
             raise ConfigError("model.warmup_steps and model.weight_decay must be >= 0")
         self.tokenizer = CharTokenizer(vocab)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 
 from spectral_lightning.errors import ConfigError
-
 from spectral_lightning.parameterizations.base import (
     Parameterization,
     ParameterizedLinear,

@@ -13,7 +13,8 @@ names, so a typo in a YAML file is caught with the valid choices in the message.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from spectral_lightning.errors import ConfigError
 

@@ -1,0 +1,34 @@
+"""Shared fixtures: small texts the tests make themselves (never the downloaded corpus)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
+    """A learnable text: a few short words repeated in a seeded random order, with punctuation."""
+    gen = torch.Generator().manual_seed(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it", "big", "red", "hat"]
+    out, size = [], 0
+    while size < n_chars:
+        w = words[int(torch.randint(len(words), (1,), generator=gen))]
+        sep = ".\n" if int(torch.randint(8, (1,), generator=gen)) == 0 else " "
+        out.append(w + sep)
+        size += len(w) + len(sep)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """A 20,000-character learnable UTF-8 text file."""
+    path = tmp_path / "tiny.txt"
+    path.write_text(make_text(), encoding="utf-8")
+    return path
