@@ -24,6 +24,7 @@ from spectral_lightning.parameterizations.base import (
 from spectral_lightning.parameterizations.dct import DCT, DCTLinear, dct_matrix
 from spectral_lightning.parameterizations.dense import Dense, DenseLinear
 from spectral_lightning.parameterizations.lowrank import LowRank, LowRankLinear
+from spectral_lightning.parameterizations.random_basis import RandomBasis, RandomBasisLinear  # noqa: F401
 from spectral_lightning.parameterizations.registry import (
     available,
     get,

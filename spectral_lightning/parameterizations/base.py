@@ -94,9 +94,10 @@ class ParameterizedLinear(nn.Module, ABC):
 class ReconstructedLinear(ParameterizedLinear):
     """A layer whose weight is rebuilt from stored values by :meth:`reconstruct` at each forward.
 
-    Reconstruction always runs in float32 with autocast disabled (the bases are orthonormal only to float32
-    precision, and bf16 rounding of coefficients would add noise to every weight entry). When autograd is
-    off (validation, generation) the materialized weight is cached and reused until a Parameter changes
+    Reconstruction runs in float32 with autocast disabled (the bases are orthonormal only to float32
+    precision, and bf16 rounding of coefficients would add noise to every weight entry); after ``.double()``
+    it runs in float64, so float64 checks such as ``torch.autograd.gradcheck`` see the true derivative.
+    When autograd is off (validation, generation) the materialized weight is cached and reused until a Parameter changes
     (tracked by each tensor's version counter and storage), so evaluation costs what a dense layer costs.
 
     Subclasses list their float basis buffers in ``_basis_buffers`` and rebuild them in
@@ -129,15 +130,19 @@ class ReconstructedLinear(ParameterizedLinear):
         return self._cache[1]
 
     def _materialize(self) -> Tensor:
-        device_type = self.weight_parameters()[0].device.type
-        with torch.autocast(device_type=device_type, enabled=False):
-            return self.reconstruct()
+        # The training step calls this once per layer: no module traversal, and the autocast context is only
+        # entered when autocast is on (the cost of a step on a GPU at the paper's size is mostly host time).
+        device_type = next(iter(self._parameters.values())).device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self.reconstruct()
+        return self.reconstruct()
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module signature)
         super()._apply(fn, recurse)
         self._cache = None
         bases = [self._buffers[name] for name in self._basis_buffers]
-        if any(b is not None and b.dtype != torch.float32 for b in bases):
+        if any(b is not None and b.dtype not in (torch.float32, torch.float64) for b in bases):
             self._build_buffers(device=bases[0].device)
         return self
 

@@ -22,6 +22,7 @@ sliced to them once, so ``lowpass`` is two small matmuls with no scatter at all.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -61,9 +62,11 @@ def lowpass_block(m: int, n: int, k: int) -> tuple[int, int]:
     return a, b
 
 
+@functools.lru_cache(maxsize=16)
 def zigzag_order(m: int, n: int) -> Tensor:
     """Flat (row-major) indices of an m×n matrix in JPEG zigzag order: by anti-diagonal d = i + j,
-    alternating direction ((0,0), (0,1), (1,0), (2,0), (1,1), (0,2), ...)."""
+    alternating direction ((0,0), (0,1), (1,0), (2,0), (1,1), (0,2), ...). Cached per shape (a model has
+    a handful of shapes); callers must not modify the result in place."""
     i, j = torch.meshgrid(torch.arange(m), torch.arange(n), indexing="ij")
     d = i + j
     # Odd diagonals run down-left (i increasing), even ones up-right (i decreasing).
@@ -122,6 +125,8 @@ class DCTLinear(ReconstructedLinear):
         self.k = positions.numel()
         self.block = self.k == self.ra * self.cb  # the support is the full top-left block: no scatter
         self._positions = rows * self.cb + cols  # flat indices into the ra×cb corner
+        # Multiply in the cheaper order: (C_mᵀ X) C_n costs m·ra·cb + m·cb·n, C_mᵀ (X C_n) ra·cb·n + m·ra·n.
+        self.out_first = m * self.cb * (self.ra + n) < n * self.ra * (self.cb + m)
         shape = (self.ra, self.cb) if self.block else (self.k,)
         self.coef = nn.Parameter(torch.empty(shape))
         self._build_buffers()
@@ -147,7 +152,7 @@ class DCTLinear(ReconstructedLinear):
 
     def coefficient_matrix(self) -> Tensor:
         """The ra×cb top-left corner of X (float32), zeros where no coefficient is stored."""
-        coef = self.coef.float()
+        coef = self.coef.to(self.basis_in.dtype)  # float32 (float64 after .double())
         if self.block:
             return coef
         x = torch.zeros(self.ra * self.cb, dtype=coef.dtype, device=coef.device)
@@ -155,7 +160,9 @@ class DCTLinear(ReconstructedLinear):
 
     def reconstruct(self) -> Tensor:
         x = self.coefficient_matrix()  # (ra, cb)
-        return self.basis_out.t() @ (x @ self.basis_in)  # (m, ra) @ (ra, cb) @ (cb, n) -> (m, n)
+        if self.out_first:
+            return (self.basis_out.t() @ x) @ self.basis_in  # ((m, ra) @ (ra, cb)) @ (cb, n) -> (m, n)
+        return self.basis_out.t() @ (x @ self.basis_in)  # (m, ra) @ ((ra, cb) @ (cb, n)) -> (m, n)
 
     def _load_dense_weight(self, weight: Tensor) -> None:
         m, n = self.out_features, self.in_features

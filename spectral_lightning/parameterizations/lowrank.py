@@ -64,7 +64,8 @@ class LowRankLinear(ReconstructedLinear):
         return self.rank * (self.in_features + self.out_features)
 
     def reconstruct(self) -> Tensor:
-        return self.B.float() @ self.A.float()  # (m, r) @ (r, n) -> (m, n)
+        dtype = torch.promote_types(self.B.dtype, torch.float32)  # float32 (float64 after .double())
+        return self.B.to(dtype) @ self.A.to(dtype)  # (m, r) @ (r, n) -> (m, n)
 
     def _load_dense_weight(self, weight: Tensor) -> None:
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)

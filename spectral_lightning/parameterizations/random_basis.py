@@ -1,0 +1,193 @@
+"""Random basis: W is rebuilt from K coefficients in a fixed, seeded random orthonormal basis.
+
+The control experiment of the paper's second version: the same budget as the DCT, a different basis. For
+W of shape m×n let Q_m (m×m) and Q_n (n×n) be random orthogonal matrices, fixed by ``seed`` and the shape.
+The layer stores K coefficients at K random positions of an m×n matrix X (zero elsewhere) and uses
+
+    W = Q_mᵀ X Q_n            parameters: K = round(mn / c) (+ m for the bias)
+
+Q is the Q factor of the QR decomposition of a seeded standard Gaussian matrix, with the signs of its columns
+fixed so that R has a positive diagonal: this makes Q unique, and Haar-distributed (uniform over the
+orthogonal group). It is computed in float64 and kept as float32 non-persistent buffers, so a checkpoint
+holds the K coefficients only and the same seed and shape rebuild the same basis on any machine or DDP rank.
+
+The K positions are drawn at random (the DCT's ``random`` selection, with the same ``seed``, so the two
+strategies differ only in the basis). A low-pass block or a zigzag triangle would cap rank(W) = rank(X) far
+below min(m, n); random positions do not, so this strategy isolates the question "does the DCT basis
+matter, or only the budget and the rank the selection allows?".
+
+As for the DCT, both bases are orthonormal, so ‖W‖_F = ‖X‖_F (Parseval), weight decay on X equals weight
+decay on W, and projecting a dense W (X = Q_m W Q_nᵀ, keep the selected entries) is the best Frobenius
+approximation on the selected support.
+
+This module is written exactly as a user's own strategy would be: a subclass of :class:`Parameterization`
+plus one ``@register`` line, reusing the package's base classes and helpers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import Tensor, nn
+
+from spectral_lightning.errors import ConfigError
+from spectral_lightning.parameterizations.base import (
+    Parameterization,
+    ReconstructedLinear,
+    check_compression,
+    check_int,
+    check_std,
+)
+from spectral_lightning.parameterizations.dct import select_positions
+from spectral_lightning.parameterizations.registry import register
+
+
+def _derived_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed that depends on ``seed`` and ``parts`` (the shape, which side), stable across runs."""
+    digest = hashlib.blake2b(":".join(map(str, (seed, *parts))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def random_orthogonal(
+    n: int,
+    seed: int,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A Haar-random orthogonal n×n matrix, a pure function of ``(n, seed)``.
+
+    QR of an n×n standard Gaussian drawn in float64 on the CPU (so every device gets the same matrix), with
+    each column of Q multiplied by the sign of the matching diagonal entry of R. Then cast and moved.
+
+    Args:
+        n: size (≥ 1).
+        seed: seed of the Gaussian draw.
+        dtype: dtype of the result (computed in float64 first).
+        device: device of the result.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return (q * signs).to(dtype=dtype, device=device)
+
+
+class RandomBasisLinear(ReconstructedLinear):
+    """Linear layer whose weight is W = Q_mᵀ X Q_n with X holding ``stored`` trainable coefficients.
+
+    Args:
+        in_features: n.
+        out_features: m.
+        bias: learn a bias.
+        k: number of coefficients (exact; random positions).
+        seed: seed of the bases and of the positions.
+        init_std: per-entry standard deviation of the initial W (matches the dense init).
+    """
+
+    _basis_buffers = ("basis_out", "basis_in")
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        k: int = 1,
+        seed: int = 0,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.k, self.seed, self.init_std = k, seed, init_std
+        m, n = out_features, in_features
+        self._positions = select_positions(m, n, k, "random", seed)  # sorted flat indices into X (m×n)
+        self.coef = nn.Parameter(torch.empty(k))
+        self._build_buffers()
+        self.reset_parameters()
+
+    def bases(self, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """(Q_m, Q_n) for this layer's shape and seed; the seed of each also depends on (m, n) and the side."""
+        m, n = self.out_features, self.in_features
+        q_out = random_orthogonal(m, _derived_seed(self.seed, m, n, "out"), dtype, device)
+        q_in = random_orthogonal(n, _derived_seed(self.seed, m, n, "in"), dtype, device)
+        return q_out, q_in
+
+    def _build_buffers(self, device: torch.device | None = None) -> None:
+        q_out, q_in = self.bases(torch.float32, device)
+        self.register_buffer("basis_out", q_out, persistent=False)
+        self.register_buffer("basis_in", q_in, persistent=False)
+        self.register_buffer("positions", self._positions.to(device), persistent=False)
+
+    def reset_parameters(self) -> None:
+        # Q_m, Q_n are orthogonal, so ‖W‖_F² = ‖X‖_F² = sum of the K squared coefficients (Parseval). For W's
+        # m·n entries to have the dense variance σ², the K coefficients need variance σ²·mn/K.
+        std = self.init_std * math.sqrt(self.in_features * self.out_features / self.k)
+        nn.init.normal_(self.coef, mean=0.0, std=std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def stored(self) -> int:
+        return self.k
+
+    def coefficient_matrix(self) -> Tensor:
+        """The full m×n coefficient matrix X (float32), zeros where no coefficient is stored."""
+        coef = self.coef.to(self.basis_in.dtype)  # float32 (float64 after .double())
+        x = torch.zeros(self.out_features * self.in_features, dtype=coef.dtype, device=coef.device)
+        return x.index_put((self.positions,), coef).view(self.out_features, self.in_features)
+
+    def reconstruct(self) -> Tensor:
+        x = self.coefficient_matrix()  # (m, n)
+        return self.basis_out.t() @ (x @ self.basis_in)  # (m, m) @ (m, n) @ (n, n) -> (m, n)
+
+    def _load_dense_weight(self, weight: Tensor) -> None:
+        q_out, q_in = self.bases(torch.float64, weight.device)
+        x = q_out @ weight @ q_in.t()  # the coefficients of W in this basis: W = Q_mᵀ X Q_n
+        self.coef.copy_(x.flatten()[self.positions.to(weight.device)])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, seed={self.seed}"
+
+
+@register("random_basis")
+class RandomBasis(Parameterization):
+    """Store K coefficients per weight in a fixed seeded random orthonormal basis: W = Q_mᵀ X Q_n.
+
+    Args:
+        compression: c ≥ 1; each m×n weight keeps K = round(mn / c) coefficients at random positions
+            (c = 1: every coefficient, exactly equivalent to dense).
+        k: explicit K in [1, m·n] for every layer; when given it takes precedence over ``compression``.
+        seed: seed of the random bases and positions (any integer ≥ 0); the same seed and shape give the
+            same layer, so checkpoints reload and DDP ranks agree.
+        init_std: per-entry std of the initial W (> 0), matched to the dense init.
+    """
+
+    def __init__(
+        self,
+        compression: float = 4.0,
+        k: int | None = None,
+        seed: int = 0,
+        init_std: float = 0.02,
+    ) -> None:
+        self.compression = check_compression(compression)
+        self.k = None if k is None else check_int("k", k, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.init_std = check_std(init_std)
+
+    def num_coefficients(self, in_features: int, out_features: int) -> int:
+        """K used for an (out_features × in_features) weight."""
+        mn = in_features * out_features
+        if self.k is not None:
+            return check_int("k", self.k, 1, mn, where=f" for a {out_features}x{in_features} weight")
+        k = round(mn / self.compression)
+        if k < 1:
+            raise ConfigError(
+                f"compression={self.compression} leaves no coefficient of a {out_features}x{in_features} "
+                f"weight: expected a value in [1, {mn}]"
+            )
+        return k
+
+    def build(self, in_features: int, out_features: int, bias: bool = True) -> RandomBasisLinear:
+        k = self.num_coefficients(in_features, out_features)
+        return RandomBasisLinear(in_features, out_features, bias, k, self.seed, self.init_std)
