@@ -1,14 +1,40 @@
-"""The LightningCLI behind ``cli.py``: links data to model and picks hardware defaults."""
+"""The LightningCLI behind ``cli.py``: links data to model, picks hardware defaults, and keeps runs safe.
+
+* User errors (options, files, checkpoints, output folders) are one line, ``error: ...``, exit status 2,
+  raised before anything is written: output folders and ``--ckpt_path`` are checked before the run starts.
+* SIGINT (Ctrl-C) or SIGTERM during ``fit`` finishes the current optimizer step, writes ``last.ckpt`` and
+  exits with status 130 / 143; a second signal stops at once without saving (:class:`SaveOnInterrupt`).
+* ``fit --ckpt_path last`` resumes from the newest ``last.ckpt`` of the experiment (the logger's
+  ``save_dir/name/*/checkpoints``) and keeps logging into that run's version folder, with the same step,
+  LR schedule, data stream and dropout RNG.
+* Checkpoints are written to a temporary file in their folder and renamed into place
+  (:class:`AtomicCheckpointIO`), so a crash mid-write never leaves a truncated ``last.ckpt``.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import pickle
+import signal
 import sys
+import tempfile
+import threading
+import warnings
+import zipfile
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
+import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from spectral_lightning.data import CharDataModule
-from spectral_lightning.errors import ConfigError
+from spectral_lightning.errors import ConfigError, TrainingInterrupted
 from spectral_lightning.module import NonFiniteLossError, SpectralLM
 
 
@@ -19,6 +45,201 @@ def default_precision() -> str:
     return "32-true"
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that writes each local checkpoint to a temporary file in the destination folder,
+    fsyncs it and renames it into place, so the path holds either the old or the new checkpoint, never a
+    partial one. (Lightning's own writer stages the file in the system temp folder and moves it, which is a
+    plain copy when that folder is on another filesystem.) Remote paths (``s3://``, ...) use Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return None
+
+
+class SaveOnInterrupt(Callback):
+    """Turns SIGINT (Ctrl-C) and SIGTERM during training into a checkpoint at a step boundary, then a stop.
+
+    The first signal is only recorded. At the end of the current training step (after the optimizer and LR
+    scheduler have stepped: the state an uninterrupted run has at that step) ``last.ckpt`` is written into the
+    checkpoint folder and :class:`~spectral_lightning.errors.TrainingInterrupted` is raised, so
+    ``fit --ckpt_path last`` continues exactly. A second signal stops at once without saving. Under DDP the
+    ranks agree on the stop at the same step. ``cli.py`` adds this callback to every ``fit``.
+    """
+
+    SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after the current step "
+            "(send it again to stop at once without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        signum = self.received if self.received is not None else signal.SIGTERM
+        path = None
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and ckpt.dirpath is not None:
+            path = os.path.join(ckpt.dirpath, f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+            trainer.save_checkpoint(path, weights_only=False)
+        self._restore()
+        raise TrainingInterrupted(signum, trainer.global_step, path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def find_last_checkpoint(trainer: L.Trainer) -> str | None:
+    """The newest ``last*.ckpt`` this trainer's run would resume from: in the ModelCheckpoint's ``dirpath``
+    when one is set, else in any version of the logger's ``save_dir/name`` (a new run gets a new version
+    folder, so Lightning alone would look only in the new, empty one)."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is None:
+        return None
+    if ckpt.dirpath is not None:
+        folders = glob.escape(str(ckpt.dirpath))
+    elif trainer.loggers:
+        logger = trainer.loggers[0]
+        root = os.path.join(str(logger.save_dir or trainer.default_root_dir), str(logger.name or ""))
+        folders = os.path.join(glob.escape(root), "*", "checkpoints")
+    else:
+        folders = os.path.join(glob.escape(str(trainer.default_root_dir)), "checkpoints")
+    found = [p for p in glob.glob(os.path.join(folders, "last*.ckpt")) if os.path.isfile(p)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Open a ``--ckpt_path`` the way LightningCLI does (weights-only, tensors memory-mapped rather than read)
+    and raise :class:`ConfigError` if it is missing, damaged or not a Lightning checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"--ckpt_path {path} does not exist (or is not a file); expected a checkpoint written by fit, e.g. "
+            "runs/<name>/version_0/checkpoints/last.ckpt, or 'last' for the newest one"
+        )
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no central directory
+        raise ConfigError(f"--ckpt_path {path} is not a complete checkpoint archive; {_CORRUPT_HINT}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(
+            f"--ckpt_path {path} holds objects that safe (weights-only) loading refuses ({_first_line(err)}); "
+            "use a checkpoint written by this project's fit"
+        ) from None
+    except Exception as err:  # noqa: BLE001 (torch raises RuntimeError, EOFError, ... for damaged files)
+        raise ConfigError(f"--ckpt_path {path} cannot be read: {_first_line(err)}; {_CORRUPT_HINT}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict); {_CORRUPT_HINT}")
+    return ckpt
+
+
+def check_checkpoint(path: str | Path, model: SpectralLM) -> None:
+    """Raise :class:`ConfigError` unless ``path`` is a readable checkpoint whose vocabulary and tensors fit
+    ``model`` (checked before the run writes anything)."""
+    ckpt = read_checkpoint(path)
+    saved_vocab = (ckpt.get("hyper_parameters") or {}).get("vocab")
+    vocab = model.hparams.get("vocab")
+    if saved_vocab is not None and vocab is not None and saved_vocab != vocab:
+        raise ConfigError(
+            f"--ckpt_path {path} was trained on a vocabulary of {len(saved_vocab)} characters ({saved_vocab!r}), "
+            f"but this run's data has {len(vocab)} ({vocab!r}); use the text it was trained on (--data.path), "
+            "or start a new run without --ckpt_path"
+        )
+    saved, expected = ckpt["state_dict"], model.state_dict()
+    problems = [f"{k} is missing" for k in expected if k not in saved]
+    problems += [f"{k} is not in this model" for k in saved if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(saved[k].shape)}, this model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(
+            f"--ckpt_path {path} does not fit this model: {'; '.join(problems[:3])}{more}; use the model options "
+            "of the run that wrote it (its hparams.yaml / config.yaml)"
+        )
+
+
+_CORRUPT_HINT = "the file is truncated, corrupt or not a checkpoint: use another one (e.g. an earlier .ckpt)"
+
+
+def _special_ckpt_path(ckpt_path: str) -> bool:
+    """Values of ``--ckpt_path`` that Lightning resolves itself (or that are remote)."""
+    text = str(ckpt_path)
+    return text in ("last", "best", "hpc") or text.startswith("registry") or "://" in text
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_writable(option: str, path: str | Path) -> None:
+    """Raise :class:`ConfigError` unless the folder ``path`` exists and is writable or can be created.
+    Nothing is created: the nearest existing ancestor must be a writable folder."""
+    target = Path(path).absolute()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(
+            f"cannot write to {option}={path}: {probe} is a file, not a folder; choose a writable folder "
+            f"with --{option}"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write to {option}={path}: the folder {probe} is not writable; choose a writable folder "
+            f"with --{option}"
+        )
+
+
 class SpectralCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
         # The vocabulary exists right after the DataModule's __init__; it travels into the model's hparams.
@@ -26,14 +247,111 @@ class SpectralCLI(LightningCLI):
         parser.link_arguments("data.block_size", "model.block_size")
         parser.set_defaults({"trainer.precision": default_precision()})
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads an explicit --ckpt_path right after parsing (to take the model's options from it):
+        # check first that it exists and is readable, so a damaged file is one sentence, not a traceback.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None and not _special_ckpt_path(ckpt_path):
+            read_checkpoint(ckpt_path)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse wraps a strategy's ConfigError (e.g. compression=0.5) in a long ValueError that
+            # lists every Union member; the user needs only the original sentence.
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, ConfigError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None or cause is err:
+                raise
+            raise cause from None
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        plugins = (self._get(self.config_init, "trainer", default={}) or {}).get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if "plugins" not in kwargs and not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+    # -- checks before a subcommand writes anything -----------------------------------------------------
+    def _check_outputs(self) -> None:
+        trainer = self.trainer
+        targets: list[tuple[str, str]] = []
+        if not trainer.loggers or any(getattr(lg, "save_dir", None) is None for lg in trainer.loggers):
+            targets.append(("trainer.default_root_dir", str(trainer.default_root_dir)))
+        for logger in trainer.loggers:
+            save_dir = getattr(logger, "save_dir", None)
+            if save_dir is not None:
+                same = os.path.abspath(save_dir) == os.path.abspath(trainer.default_root_dir)
+                targets.append(("trainer.default_root_dir" if same else "trainer.logger.init_args.save_dir", save_dir))
+        for cb in trainer.checkpoint_callbacks:
+            if getattr(cb, "dirpath", None) is not None:
+                targets.append(("trainer.callbacks ModelCheckpoint.dirpath", str(cb.dirpath)))
+        for option, path in targets:
+            if "://" not in str(path):
+                check_writable(option, path)
+
+    def _check_ckpt_path(self, subcommand: str) -> None:
+        config = self.config_init[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None or (ckpt_path != "last" and _special_ckpt_path(ckpt_path)):
+            return
+        if ckpt_path == "last":
+            ckpt_path = find_last_checkpoint(self.trainer)
+            config.ckpt_path = ckpt_path
+            if ckpt_path is None:
+                print("--ckpt_path last: no last.ckpt found for this run; starting from scratch", file=sys.stderr)
+                return
+            print(f"--ckpt_path last: resuming from {ckpt_path}", file=sys.stderr)
+            self._continue_in_run_folder(ckpt_path)
+        check_checkpoint(ckpt_path, self.model)
+
+    def _continue_in_run_folder(self, ckpt_path: str) -> None:
+        """Log a run resumed with ``last`` into the version folder it continues (one TensorBoard run, and
+        ModelCheckpoint restores its best-k state), unless the logger's version was set explicitly."""
+        trainer = self.trainer
+        ckpt = trainer.checkpoint_callback
+        if ckpt is None or ckpt.dirpath is not None or not trainer.loggers:
+            return
+        logger, folder = trainer.loggers[0], Path(ckpt_path).parent  # <save_dir>/<name>/<version>/checkpoints
+        # TensorBoardLogger and CSVLogger keep an unset version as `_version = None` until first used.
+        if getattr(logger, "_version", "pinned") is None and folder.name == "checkpoints":
+            logger._version = folder.parent.name
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+    def before_fit(self) -> None:
+        self._check_outputs()
+        self._check_ckpt_path("fit")
+        if not any(isinstance(cb, SaveOnInterrupt) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(SaveOnInterrupt())
+
+    def before_validate(self) -> None:
+        self._check_outputs()
+        self._check_ckpt_path("validate")
+
+    def before_test(self) -> None:
+        self._check_outputs()
+        self._check_ckpt_path("test")
+
+    def before_predict(self) -> None:
+        self._check_outputs()
+        self._check_ckpt_path("predict")
+
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> SpectralCLI:
     """Entry point; ``args`` lets tests drive it (``cli_main(["fit", "--config", ...])``).
 
-    Errors in the user's options, files or checkpoints (:class:`ConfigError`) are printed as one line and
-    exit with status 2, like argument errors.
+    Errors in the user's options, files, checkpoints or output folders (:class:`ConfigError`), a non-finite
+    loss and Lightning's configuration errors are printed as one line and exit with status 2, like argument
+    errors. A run stopped by SIGINT/SIGTERM prints where it saved and exits with 128 + the signal number.
     """
     torch.set_float32_matmul_precision("high")
+    # The training stream is a function of (seed, rank, step) and resumes mid-epoch exactly (data.py); Lightning
+    # cannot see that and warns on every mid-epoch resume.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     try:
         return SpectralCLI(
             SpectralLM,
@@ -42,6 +360,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SpectralCLI:
             run=run,
             save_config_kwargs={"overwrite": True},
         )
-    except (ConfigError, NonFiniteLossError) as err:
+    except (ConfigError, NonFiniteLossError, MisconfigurationException) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingInterrupted as err:
+        print(str(err), file=sys.stderr)
+        raise SystemExit(err.exit_code) from None

@@ -125,9 +125,14 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def _stream_seed(seed: int, rank: int, index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{rank}:{index}".encode(), digest_size=8).digest()
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (e.g. seed, rank, step): resumable randomness."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _stream_seed(seed: int, rank: int, index: int) -> int:
+    return derive_seed(seed, rank, index)
 
 
 class RandomWindowBatches(Dataset):
@@ -162,10 +167,13 @@ class BatchStreamSampler(DistributedSampler):
         self.batches_per_epoch, self.position = batches_per_epoch, start
 
     def __iter__(self):
+        # The position advances as numbers are drawn, not when iter() is called: a multi-worker DataLoader
+        # calls iter() twice when it starts and discards the first iterator, which must not skip an epoch.
         begin = self.position
         end = (begin // self.batches_per_epoch + 1) * self.batches_per_epoch
-        self.position = end
-        return iter(range(begin, end))
+        for index in range(begin, end):
+            self.position = index + 1
+            yield index
 
     def __len__(self) -> int:
         return self.batches_per_epoch

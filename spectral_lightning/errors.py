@@ -1,6 +1,9 @@
-"""User-facing errors. ``cli.py`` prints these as one line (no traceback) and exits with status 2."""
+"""User-facing errors. ``cli.py`` prints these as one line (no traceback) and exits with status 2
+(:class:`TrainingInterrupted`: 128 + the signal number)."""
 
 from __future__ import annotations
+
+import signal
 
 
 class ConfigError(ValueError):
@@ -9,3 +12,26 @@ class ConfigError(ValueError):
 
 class DataError(ConfigError):
     """A data file is missing, unreadable, corrupt or unsuitable."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM at a step boundary, after saving a checkpoint.
+
+    Attributes:
+        signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+        step: the global step the run stopped at (the checkpoint holds the state after this many steps).
+        path: the checkpoint written, or ``None`` when the trainer has no checkpoint callback.
+    """
+
+    def __init__(self, signum: int, step: int, path: str | None) -> None:
+        self.signum, self.step, self.path = signum, step, path
+        name = signal.Signals(signum).name
+        saved = f"saved {path}" if path else "no checkpoint was saved (checkpointing is disabled)"
+        super().__init__(
+            f"interrupted by {name} at step {step}; {saved}. Resume with the same command plus --ckpt_path last"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for a process stopped by a signal: 128 + signal number (130, 143)."""
+        return 128 + self.signum

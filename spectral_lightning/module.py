@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from spectral_lightning.data import CharTokenizer
+from spectral_lightning.data import CharTokenizer, derive_seed
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import BLOCK_LINEARS, GPT, GPTConfig
 from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, resolve
@@ -41,7 +41,7 @@ class SpectralLM(L.LightningModule):
         parameterization: how the selected linears store their weights: a registered name (``dense``,
             ``dct``, ``lowrank``, or your own) or ``class_path``/``init_args`` with options.
         parameterize: module-name patterns (fnmatch) of the linears to parameterize; the rest stay dense.
-            Default: the four linears of every block. Add ``lm_head`` to compress the LM head too.
+            None = the four linears of every block. Add ``lm_head`` to compress the LM head too.
         lr: peak learning rate of AdamW (> 0).
         betas: AdamW betas.
         weight_decay: decoupled weight decay on weights/coefficients/factors (not biases, norms, embeddings).
@@ -49,8 +49,14 @@ class SpectralLM(L.LightningModule):
         min_lr: floor of the cosine decay, reached at the trainer's ``max_steps``.
         compile: run the model through ``torch.compile`` (parameterized layers are built first, then the
             whole GPT is compiled; the state dict keeps its plain names).
+        compile_mode: ``torch.compile`` mode when ``compile`` is on: ``default``, ``reduce-overhead`` (CUDA
+            graphs: the whole step replayed with few launches) or ``max-autotune``; None = default.
         check_finite: stop training with an error naming the step as soon as the training loss is NaN/inf,
             before the optimizer applies it (one host sync per step).
+        init_from: a trained checkpoint or export (any strategy) whose weights initialize this model when a
+            Trainer first configures it: every linear via ``load_dense_`` of the source's materialized weight
+            (DCT: projection onto the selected coefficients; low-rank: truncated SVD), everything else copied.
+            Sizes and vocabulary must match. Weights restored from ``--ckpt_path`` take precedence.
     """
 
     def __init__(
@@ -63,19 +69,29 @@ class SpectralLM(L.LightningModule):
         dropout: float = 0.0,
         bias: bool = True,
         parameterization: Parameterization | str = "dense",
-        parameterize: list[str] = None,
+        parameterize: list[str] | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
         min_lr: float = 1e-4,
         compile: bool = False,
+        compile_mode: str | None = None,
         check_finite: bool = True,
+        init_from: str | None = None,
     ) -> None:
         if parameterize is None:
             parameterize = list(BLOCK_LINEARS)
         super().__init__()
         self.save_hyperparameters()
+        if isinstance(parameterization, Parameterization):
+            # Kept as plain class_path/init_args, as LightningCLI stores it, so that checkpoints of models built
+            # in Python also load with torch.load(weights_only=True) (the default of load_from_checkpoint).
+            cls = type(parameterization)
+            self.hparams.parameterization = {
+                "class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "init_args": parameterization.options(),
+            }
         if not lr > 0 or not 0 <= min_lr <= lr:
             raise ConfigError(
                 f"model.lr={lr} / model.min_lr={min_lr} are not valid: expected 0 <= min_lr <= lr, lr > 0"
@@ -89,11 +105,16 @@ class SpectralLM(L.LightningModule):
         self.val_loss, self.val_ppl = MeanMetric(), Perplexity()
         self.test_loss, self.test_ppl = MeanMetric(), Perplexity()
         self._compiled: torch.nn.Module | None = None
+        self._dropout_seed: int | None = None  # set at fit start, or restored from a checkpoint
 
     def configure_model(self) -> None:
+        if self.hparams.get("init_from"):
+            from spectral_lightning.export import apply_init_from  # export.py imports this module
+
+            apply_init_from(self)
         if self.hparams.compile and self._compiled is None:
             # Kept outside the module tree so checkpoints hold `model.*` keys, not `_orig_mod.*`.
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            object.__setattr__(self, "_compiled", torch.compile(self.model, mode=self.hparams.get("compile_mode")))
 
     def forward(self, idx: Tensor) -> Tensor:
         model = self._compiled if self._compiled is not None else self.model
@@ -113,6 +134,17 @@ class SpectralLM(L.LightningModule):
             self.log(f"{stage}/loss", mean, prog_bar=stage == "val")
             self.log(f"{stage}/ppl", ppl)
         return loss
+
+    def on_fit_start(self) -> None:
+        if self._dropout_seed is None:
+            self._dropout_seed = torch.initial_seed()  # the run's seed (seed_everything)
+
+    def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> None:
+        # Dropout draws from the global RNG, which Lightning does not checkpoint and DataLoader iterators also
+        # draw from. Reseeding it from (run seed, rank, step) makes each step's masks a function of the step,
+        # so a resumed run draws exactly what an uninterrupted one does. Without dropout nothing draws from it.
+        if self.hparams.dropout > 0:
+            torch.manual_seed(derive_seed("dropout", self._dropout_seed, self.global_rank, self.global_step))
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
@@ -169,8 +201,24 @@ class SpectralLM(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, int(total)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # A resumed run restores the optimizer's last LR, computed for the old max_steps; re-evaluate the
+        # schedule at the restored step so a run resumed with a larger max_steps follows its new schedule
+        # from its first step (for an unchanged max_steps this sets the same value).
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+                groups = schedule.optimizer.param_groups
+                for group, base, factor in zip(groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
+                    group["lr"] = base * factor(schedule.last_epoch)
+                schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
+
     # -- checkpoints -------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dropout_seed"] = self._dropout_seed
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._dropout_seed = checkpoint.get("dropout_seed", self._dropout_seed)
         saved = checkpoint.get("hyper_parameters", {}).get("vocab")
         if saved is not None and saved != self.hparams.vocab:
             raise ConfigError(
