@@ -1,0 +1,659 @@
+"""Reproduce the paper's table and its compression sweep through the same ``cli.py`` users run.
+
+Every run is ``python cli.py fit --config configs/<name>.yaml <overrides>`` in a subprocess, with one shared
+budget (``--steps``) and seeds (``--seeds``); its TensorBoard logs and checkpoints land in
+``<out>/runs/<run>/seed<S>-steps<N>/``. When a run ends, its numbers are read back from its event file and
+last checkpoint and written to ``metrics.json`` there; a run whose ``metrics.json`` exists is not redone, so an
+interrupted grid resumes where it stopped (an unfinished run restarts from its ``last.ckpt``).
+
+Groups:
+
+* ``paper``: dense, dct2x (K = mn/2), dct4x (K = mn/4), lowrank (rank 16), lowrank48 (rank 48);
+* ``sweep``: K ∈ {mn/2, mn/4, mn/10, mn/20} (``--compressions``) × {DCT lowpass, DCT zigzag, DCT random,
+  random orthonormal basis}, plus low-rank at the matched count (``compression`` c gives the largest rank r
+  with r·(m + n) ≤ mn/c). The sweep's DCT zigzag at mn/2 and lowpass at mn/4 are the paper's dct2x and dct4x
+  runs, shared rather than trained twice.
+
+Outputs (each written through a temporary file and a rename):
+
+* ``<out>/runs.csv``: every finished run under ``<out>/runs`` (all budgets), one row per run and seed;
+* ``<out>/summary.md``: mean ± std over seeds per config at this ``--steps`` budget, beside the paper's numbers;
+* ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per strategy
+  (needs matplotlib).
+
+Examples::
+
+    # the paper table and the full sweep, 5,000 steps, 3 seeds, 4 runs at a time on one GPU
+    python benchmarks/reproduce.py --steps 5000 --seeds 0 1 2 --device gpu --jobs 4
+    # a reduced CPU budget: the paper table only, one seed
+    OMP_NUM_THREADS=1 python benchmarks/reproduce.py --groups paper --steps 300 --seeds 0 --device cpu
+    # the sweep at the two strongest compressions only
+    python benchmarks/reproduce.py --groups sweep --compressions 10 20 --steps 5000 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the package is imported from this checkout (to read checkpoints back)
+    sys.path.insert(0, str(REPO))
+CLI = REPO / "cli.py"
+CONFIGS = REPO / "configs"
+
+RANDOM_BASIS = "spectral_lightning.parameterizations.random_basis.RandomBasis"
+
+# The paper's numbers (4 layers, d = 128, tiny Shakespeare). v1 reports validation perplexity, v2 validation loss.
+PAPER_V1_PPL: dict[str, str] = {
+    "dense": "6.1 (100%)",
+    "dct2x": "6.1 (52%)",
+    "dct4x": "6.9 (29%)",
+    "lowrank": "8.8 (21%)",
+}
+PAPER_V2_LOSS: dict[str, str] = {"dense": "1.580", "dct2x": "1.604", "lowrank48": "1.801"}
+
+PAPER_RUNS: tuple[tuple[str, str, float | None, str], ...] = (
+    # (run name = config file, strategy line in the plot, sweep compression c it also stands for, description)
+    ("dense", "dense", None, "dense"),
+    ("dct2x", "dct zigzag", 2.0, "DCT, K = mn/2 (zigzag)"),
+    ("dct4x", "dct lowpass", 4.0, "DCT, K = mn/4 (lowpass)"),
+    ("lowrank", "lowrank", None, "low-rank, r = 16"),
+    ("lowrank48", "lowrank", None, "low-rank, r = 48"),
+)
+
+# Sweep strategies: (key used in run names, plot/table label, base config, parameterization overrides for c).
+SWEEP_STRATEGIES: tuple[str, ...] = ("dct_lowpass", "dct_zigzag", "dct_random", "random_basis", "lowrank")
+STRATEGY_LABEL: dict[str, str] = {
+    "dct_lowpass": "dct lowpass",
+    "dct_zigzag": "dct zigzag",
+    "dct_random": "dct random",
+    "random_basis": "random_basis",
+    "lowrank": "lowrank",
+}
+# A sweep point that is exactly a paper run is not trained twice.
+SHARED_WITH_PAPER: dict[tuple[str, float], str] = {("dct_zigzag", 2.0): "dct2x", ("dct_lowpass", 4.0): "dct4x"}
+DEFAULT_COMPRESSIONS: tuple[float, ...] = (2.0, 4.0, 10.0, 20.0)
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "run",
+    "strategy",
+    "config",
+    "compression",
+    "seed",
+    "steps",
+    "stored_params",
+    "pct_of_dense",
+    "final_val_loss",
+    "best_val_loss",
+    "final_val_ppl",
+    "mean_stable_rank",
+    "tokens_per_s",
+    "wall_s",
+    "machine",
+    "accelerator",
+    "resumed",
+    "command",
+    "run_dir",
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration of the grid (trained once per seed)."""
+
+    name: str
+    strategy: str  # plot/table label
+    config: str  # YAML under configs/
+    overrides: tuple[str, ...] = ()
+    compression: float | None = None  # the sweep's c (K = mn/c), None for rank-specified runs
+    description: str = ""
+    groups: tuple[str, ...] = field(default=(), compare=False)
+
+
+def sweep_spec(key: str, c: float) -> RunSpec:
+    """The sweep run for strategy ``key`` at compression ``c``."""
+    label = STRATEGY_LABEL[key]
+    name = f"{key}_c{c:g}"
+    if key.startswith("dct_"):
+        selection = key.removeprefix("dct_")
+        overrides = (
+            "--model.parameterization.init_args.compression",
+            f"{c:g}",
+            "--model.parameterization.init_args.selection",
+            selection,
+        )
+        return RunSpec(name, label, "dct4x.yaml", overrides, c, f"DCT {selection}, K = mn/{c:g}")
+    if key == "random_basis":
+        spec = json.dumps({"class_path": RANDOM_BASIS, "init_args": {"compression": c}})
+        return RunSpec(name, label, "dct4x.yaml", ("--model.parameterization", spec), c, f"random basis, K = mn/{c:g}")
+    if key == "lowrank":
+        overrides = (
+            "--model.parameterization.init_args.rank",
+            "null",
+            "--model.parameterization.init_args.compression",
+            f"{c:g}",
+        )
+        return RunSpec(name, label, "lowrank.yaml", overrides, c, f"low-rank, r·(m+n) ≤ mn/{c:g}")
+    raise ValueError(f"unknown sweep strategy {key!r}")
+
+
+def build_grid(groups: Sequence[str], compressions: Sequence[float]) -> list[RunSpec]:
+    """The runs of ``groups`` (``paper``, ``sweep``), each once, in a stable order."""
+    runs: dict[str, RunSpec] = {}
+
+    def add(spec: RunSpec, group: str) -> None:
+        old = runs.get(spec.name)
+        runs[spec.name] = replace(spec, groups=(old.groups if old else ()) + (group,))
+
+    paper = {name: RunSpec(name, label, f"{name}.yaml", (), c, desc) for name, label, c, desc in PAPER_RUNS}
+    if "paper" in groups:
+        for spec in paper.values():
+            add(spec, "paper")
+    if "sweep" in groups:
+        for c in compressions:
+            for key in SWEEP_STRATEGIES:
+                shared = SHARED_WITH_PAPER.get((key, float(c)))
+                add(paper[shared] if shared else sweep_spec(key, float(c)), "sweep")
+    return list(runs.values())
+
+
+# -- running -----------------------------------------------------------------------------------------------
+
+
+def validation_interval(steps: int) -> int:
+    """Steps between validations: the largest divisor of ``steps`` that is at most min(500, steps/2), so that
+    validation runs at least twice and always at the very last step."""
+    cap = max(1, min(500, steps // 2))
+    return next(d for d in range(cap, 0, -1) if steps % d == 0)
+
+
+def debug_overrides(text: str | None) -> list[str]:
+    """``n_layer=1,n_embd=32,n_head=2,block=16,batch=8`` -> the matching ``--model.*``/``--data.*`` options."""
+    if not text:
+        return []
+    keys = {
+        "n_layer": "--model.n_layer",
+        "n_head": "--model.n_head",
+        "n_embd": "--model.n_embd",
+        "block": "--data.block_size",
+        "batch": "--data.batch_size",
+    }
+    out: list[str] = []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in keys or not value.strip().isdigit():
+            raise SystemExit(
+                f"error: --debug-size item {item!r} is not valid: expected key=positive integer with key in "
+                f"{', '.join(keys)}"
+            )
+        out += [keys[key], value.strip()]
+    return out
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every run shares: steps, accelerator and the extra (debug) options."""
+
+    steps: int
+    device: str
+    extra: tuple[str, ...]  # options that change the experiment (model size, data), part of the run's identity
+    warmup: int = 100
+
+    @property
+    def tag(self) -> str:
+        """Run-folder suffix: the budget, plus a short hash of the extra options when there are any."""
+        tag = f"steps{self.steps}"
+        if self.warmup != 100:
+            tag += f"-warmup{self.warmup}"
+        if self.extra:
+            tag += "-" + hashlib.sha1(" ".join(self.extra).encode()).hexdigest()[:8]
+        return tag
+
+
+def run_dir(out: Path, spec: RunSpec, seed: int, budget: Budget) -> Path:
+    return out / "runs" / spec.name / f"seed{seed}-{budget.tag}"
+
+
+def command_for(spec: RunSpec, seed: int, budget: Budget, out: Path) -> list[str]:
+    """The ``cli.py fit`` command line of one run."""
+    directory = run_dir(out, spec, seed, budget)
+    interval = validation_interval(budget.steps)
+    cmd = [sys.executable, str(CLI), "fit", "--config", str(CONFIGS / spec.config), *spec.overrides]
+    cmd += ["--seed_everything", str(seed), "--data.seed", str(seed)]
+    cmd += ["--trainer.max_steps", str(budget.steps), "--data.batches_per_epoch", str(interval)]
+    cmd += ["--model.warmup_steps", str(budget.warmup)]
+    cmd += ["--trainer.log_every_n_steps", str(min(10, interval)), "--trainer.accelerator", budget.device]
+    cmd += ["--trainer.logger.init_args.save_dir", str(directory.parent.parent)]
+    cmd += ["--trainer.logger.init_args.name", spec.name, "--trainer.logger.init_args.version", directory.name]
+    cmd += list(budget.extra)
+    return cmd
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def machine_name(accelerator: str) -> str:
+    """``platform`` plus the CPU model, and the GPU name when the runs used one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [platform.platform(terse=True), cpu, f"{os.cpu_count()} CPUs"]
+    if accelerator in ("gpu", "cuda", "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(torch.cuda.get_device_name(0))
+    return ", ".join(parts)
+
+
+def read_scalars(directory: Path) -> dict[str, list[tuple[float, int, float]]]:
+    """Every scalar of the run's TensorBoard event files: tag -> [(wall_time, step, value)] sorted by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {
+        tag: sorted(((e.wall_time, e.step, e.value) for e in acc.Scalars(tag)), key=lambda t: (t[1], t[0]))
+        for tag in acc.Tags()["scalars"]
+    }
+
+
+def tokens_per_second(train_loss: list[tuple[float, int, float]], tokens_per_step: int) -> float:
+    """Training throughput from the wall times of the logged train losses (startup excluded, periodic
+    validation included); pairs spanning a restart (a step going backwards in time) are skipped."""
+    steps = seconds = 0.0
+    for (t0, s0, _), (t1, s1, _) in zip(train_loss, train_loss[1:], strict=False):
+        if s1 > s0 and t1 > t0:
+            steps, seconds = steps + (s1 - s0), seconds + (t1 - t0)
+    return steps * tokens_per_step / seconds if seconds > 0 else float("nan")
+
+
+def stable_ranks(checkpoint: Path) -> tuple[int, int, float]:
+    """(stored parameters, parameters of the dense model of the same size, mean stable rank ‖W‖_F²/‖W‖₂² of
+    the parameterized linears) from a checkpoint."""
+    import torch
+
+    from spectral_lightning import SpectralLM
+
+    module = SpectralLM.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    hp = dict(module.hparams)
+    hp["parameterization"] = "dense"
+    dense = SpectralLM(**hp)
+    linears = module.model.linears()
+    ranks = []
+    with torch.no_grad():
+        for name in module.model.parameterized:
+            w = linears[name].weight.detach().double()
+            ranks.append(float(w.square().sum() / torch.linalg.matrix_norm(w, ord=2) ** 2))
+    return module.model.num_parameters(), dense.model.num_parameters(), statistics.fmean(ranks)
+
+
+def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: float, resumed: bool, cmd: list[str]):
+    """The run's row: numbers from its event file and its last checkpoint."""
+    scalars = read_scalars(directory)
+    val = scalars.get("val/loss", [])
+    if not val:
+        raise RuntimeError(f"run {directory} logged no val/loss; see {directory / 'train.log'}")
+    ppl = scalars.get("val/ppl", [])
+    stored, dense, rank = stable_ranks(directory / "checkpoints" / "last.ckpt")
+    config = (directory / "config.yaml").read_text()
+    block = batch = None
+    for line in config.splitlines():  # the saved config holds the effective data sizes
+        key, _, value = line.strip().partition(":")
+        if key == "block_size" and block is None:
+            block = int(value)
+        elif key == "batch_size" and batch is None:
+            batch = int(value)
+    return {
+        "run": spec.name,
+        "strategy": spec.strategy,
+        "config": spec.config,
+        "compression": "" if spec.compression is None else spec.compression,
+        "seed": seed,
+        "steps": budget.steps,
+        "stored_params": stored,
+        "pct_of_dense": round(100.0 * stored / dense, 2),
+        "final_val_loss": round(val[-1][2], 5),
+        "best_val_loss": round(min(v for _, _, v in val), 5),
+        "final_val_ppl": round(ppl[-1][2], 4) if ppl else round(math.exp(val[-1][2]), 4),
+        "mean_stable_rank": round(rank, 3),
+        "tokens_per_s": round(tokens_per_second(scalars.get("train/loss", []), (block or 0) * (batch or 0)), 1),
+        "wall_s": round(wall, 1),
+        "machine": machine_name(budget.device),
+        "accelerator": budget.device,
+        "resumed": resumed,
+        "command": shlex.join(os.path.relpath(a, REPO) if a.startswith(str(REPO)) else a for a in cmd[1:]),
+        "run_dir": str(directory),
+        "description": spec.description,
+        "tag": budget.tag,
+    }
+
+
+def train(spec: RunSpec, seed: int, budget: Budget, out: Path, jobs: int = 1) -> tuple[str, dict | None]:
+    """Train one run unless its ``metrics.json`` exists; returns ("skipped" | "done" | "failed", row).
+
+    With ``jobs`` concurrent runs and no ``OMP_NUM_THREADS`` set, each run gets an equal share of the CPU
+    threads, so concurrent CPU runs do not oversubscribe the cores.
+    """
+    directory = run_dir(out, spec, seed, budget)
+    metrics = directory / "metrics.json"
+    if metrics.is_file():
+        return "skipped", json.loads(metrics.read_text())
+    cmd = command_for(spec, seed, budget, out)
+    last = directory / "checkpoints" / "last.ckpt"
+    resumed = last.is_file()
+    if resumed:
+        cmd += ["--ckpt_path", str(last)]
+    directory.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    start = time.perf_counter()
+    with open(directory / "train.log", "ab") as log:
+        log.write(f"$ {shlex.join(cmd)}\n".encode())
+        log.flush()
+        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    wall = time.perf_counter() - start
+    if code != 0:
+        return "failed", None
+    row = collect(spec, seed, budget, directory, wall, resumed, cmd)
+    atomic_write_text(metrics, json.dumps(row, indent=2) + "\n")
+    return "done", row
+
+
+# -- reporting ---------------------------------------------------------------------------------------------
+
+
+def all_rows(out: Path) -> list[dict]:
+    """Every finished run under ``<out>/runs``, in a stable order."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*/metrics.json"))]
+    return sorted(rows, key=lambda r: (r["run"], r["tag"], r["seed"]))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """``m ± s`` over seeds (``m`` alone for one seed)."""
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def by_run(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["run"], []).append(row)
+    return out
+
+
+def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, command: str) -> str:
+    """Markdown tables (paper table, sweep) for the rows of this budget."""
+    runs = by_run(rows)
+    seeds = sorted({r["seed"] for r in rows})
+    machines = sorted({r["machine"] for r in rows})
+    lines = [
+        "# Reproduction summary",
+        "",
+        f"Budget: {budget.steps} steps per run ({budget.warmup} warm-up steps, then cosine decay; batch × context "
+        "as in each config unless overridden), "
+        f"seeds {', '.join(map(str, seeds)) or '–'}; mean ± std over seeds. Machine: {'; '.join(machines) or '–'}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Val loss: mean next-character cross-entropy on the held-out 10% (nats); perplexity = exp(val loss). "
+        "Stable rank: ‖W‖_F²/‖W‖₂², averaged over the parameterized block linears "
+        "(at most min(m, n) for an m×n weight).",
+        "",
+    ]
+    paper = [s for s in grid if "paper" in s.groups and s.name in runs]
+    if paper:
+        lines += [
+            "## Paper table",
+            "",
+            "| config | what | params | % of dense | final val loss | best val loss | perplexity | stable rank "
+            "| tokens/s | seeds | paper v1 ppl | paper v2 val loss |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for spec in paper:
+            rs = runs[spec.name]
+            lines.append(
+                f"| {spec.name} | {spec.description} | {rs[0]['stored_params']:,} | {rs[0]['pct_of_dense']:.1f}% "
+                f"| {mean_std([r['final_val_loss'] for r in rs])} | {mean_std([r['best_val_loss'] for r in rs])} "
+                f"| {mean_std([r['final_val_ppl'] for r in rs], 2)} "
+                f"| {mean_std([r['mean_stable_rank'] for r in rs], 1)} "
+                f"| {statistics.fmean(r['tokens_per_s'] for r in rs):,.0f} | {len(rs)} "
+                f"| {PAPER_V1_PPL.get(spec.name, '–')} | {PAPER_V2_LOSS.get(spec.name, '–')} |"
+            )
+        lines.append("")
+    sweep = [s for s in grid if "sweep" in s.groups and s.name in runs and s.compression is not None]
+    paper_names = {name for name, *_ in PAPER_RUNS}
+    if any(s.name not in paper_names for s in sweep):  # not just the two paper runs the sweep shares
+        cs = sorted({s.compression for s in sweep})
+        cells = {(s.strategy, s.compression): runs[s.name] for s in sweep}
+        strategies = [STRATEGY_LABEL[k] for k in SWEEP_STRATEGIES if any(st == STRATEGY_LABEL[k] for st, _ in cells)]
+        header = " | ".join(f"K = mn/{c:g}" for c in cs)
+        for title, key, digits in (
+            ("final val loss", "final_val_loss", 3),
+            ("mean stable rank of the parameterized weights", "mean_stable_rank", 1),
+        ):
+            lines += [f"## Sweep: {title}", "", f"| strategy | {header} |", "|---|" + "---:|" * len(cs)]
+            for st in strategies:
+                row = [mean_std([r[key] for r in cells[(st, c)]], digits) if (st, c) in cells else "–" for c in cs]
+                lines.append(f"| {st} | " + " | ".join(row) + " |")
+            lines.append("")
+        lines += [
+            "Stored parameters (% of dense) per cell:",
+            "",
+            f"| strategy | {header} |",
+            "|---|" + "---:|" * len(cs),
+        ]
+        for st in strategies:
+            row = [
+                f"{cells[(st, c)][0]['stored_params']:,} ({cells[(st, c)][0]['pct_of_dense']:.1f}%)"
+                if (st, c) in cells
+                else "–"
+                for c in cs
+            ]
+            lines.append(f"| {st} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += [
+        "Paper: v1 reports validation perplexity (dense 6.1; DCT 6.1 at 52% and 6.9 at 29% of the parameters; "
+        "low-rank 8.8 at 21%); v2 reports validation loss (dense 1.580; DCT K = mn/2 1.604; rank-48 low-rank "
+        "1.801 at the same count).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
+    """Final val loss (mean ± std over seeds) against % of dense parameters, one line per strategy."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit(
+            "error: the summary plot needs matplotlib (pip install matplotlib); runs.csv and summary.md are written"
+        ) from None
+    points: dict[str, dict[float, list[float]]] = {}
+    for run in by_run(rows).values():
+        points.setdefault(run[0]["strategy"], {})[run[0]["pct_of_dense"]] = [r["final_val_loss"] for r in run]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for strategy, pts in sorted(points.items()):
+        xs = sorted(pts)
+        ys = [statistics.fmean(pts[x]) for x in xs]
+        err = [statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0 for x in xs]
+        if strategy == "dense":
+            ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label="dense (100%)")
+            continue
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=strategy)
+    ax.set_xlabel("stored parameters (% of dense model)")
+    ax.set_ylabel("final validation loss (nats/char)")
+    ax.set_title(f"Compression vs. loss ({budget.steps} steps per run)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=5000, help="training steps of every run (default 5000)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="learning-rate warm-up steps (default: the configs' 100, capped at steps/10 for short budgets)",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (seed_everything and data.seed)")
+    parser.add_argument("--groups", nargs="+", choices=("paper", "sweep"), default=["paper", "sweep"])
+    parser.add_argument(
+        "--compressions", type=float, nargs="+", default=list(DEFAULT_COMPRESSIONS), help="sweep's c in K = mn/c"
+    )
+    parser.add_argument("--only", nargs="+", default=None, help="train only these run names (e.g. dense dct4x)")
+    parser.add_argument("--device", default="auto", help="trainer.accelerator: auto, cpu, gpu (default auto)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (default 1)")
+    parser.add_argument("--out", type=Path, default=REPO / "results", help="output folder (default results/)")
+    parser.add_argument(
+        "--debug-size",
+        default=None,
+        help="shrink every run for tests, e.g. n_layer=1,n_embd=32,n_head=2,block=16,batch=8",
+    )
+    parser.add_argument("--data-path", default=None, help="train on this local text file (data.path)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps={args.steps} is not valid: expected a positive integer")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup={args.warmup} is not valid: expected an integer >= 0")
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs} is not valid: expected a positive integer")
+    if any(not math.isfinite(c) or c < 1 for c in args.compressions):
+        parser.error(f"--compressions={args.compressions} is not valid: expected numbers >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    extra = debug_overrides(args.debug_size)
+    if args.data_path:
+        extra += ["--data.path", str(Path(args.data_path).resolve())]
+    warmup = min(100, args.steps // 10) if args.warmup is None else args.warmup
+    budget = Budget(args.steps, args.device, tuple(extra), warmup)
+    grid = build_grid(args.groups, args.compressions)
+    if args.only:
+        unknown = sorted(set(args.only) - {s.name for s in grid})
+        if unknown:
+            raise SystemExit(
+                f"error: --only {' '.join(unknown)} not in the selected groups; runs: {', '.join(s.name for s in grid)}"
+            )
+        grid = [s for s in grid if s.name in args.only]
+    out = args.out.resolve()
+    jobs = [(spec, seed) for spec in grid for seed in args.seeds]
+    if args.dry_run:
+        for spec, seed in jobs:
+            print(shlex.join(command_for(spec, seed, budget, out)))
+        return 0
+
+    print(f"{len(jobs)} runs ({len(grid)} configs x {len(args.seeds)} seeds), {args.steps} steps each -> {out}")
+    failed = []
+
+    def one(job: tuple[RunSpec, int]) -> None:
+        spec, seed = job
+        where = run_dir(out, spec, seed, budget)
+        try:
+            status, row = train(spec, seed, budget, out, args.jobs)
+        except Exception as err:  # reading the results back failed: report it, keep the other runs going
+            status, row = "failed", None
+            print(f"[failed ] {spec.name} seed {seed}: {type(err).__name__}: {err}", flush=True)
+        if status == "failed":
+            failed.append(where)
+            print(f"[failed ] {spec.name} seed {seed}: see {where / 'train.log'}", flush=True)
+        else:
+            print(
+                f"[{status:7s}] {spec.name} seed {seed}: val loss {row['final_val_loss']:.4f} "
+                f"(best {row['best_val_loss']:.4f}), {row['pct_of_dense']:.1f}% of dense, "
+                f"{row['tokens_per_s']:,.0f} tok/s",
+                flush=True,
+            )
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(one, jobs))
+
+    rows = all_rows(out)
+    write_csv(out / "runs.csv", rows)
+    current = [r for r in rows if r["tag"] == budget.tag and r["seed"] in args.seeds]
+    command = shlex.join(["python", "benchmarks/reproduce.py", *(sys.argv[1:] if argv is None else argv)])
+    atomic_write_text(
+        out / "summary.md", summary_markdown(current, build_grid(("paper", "sweep"), _cs(rows)), budget, command)
+    )
+    summary_plot(out / "summary.png", current, budget)
+    print(f"wrote {out / 'runs.csv'}, {out / 'summary.md'}, {out / 'summary.png'}")
+    if failed:
+        print(f"{len(failed)} run(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cs(rows: list[dict]) -> list[float]:
+    """Every compression present in ``rows`` (so the summary covers runs from earlier invocations too)."""
+    return sorted({float(r["compression"]) for r in rows if r["compression"] != ""} | set(DEFAULT_COMPRESSIONS))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""benchmarks/reproduce.py at toy size: two tiny configs, one seed, a few steps, through the real cli.py."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_text
+
+from spectral_lightning import DCT, Dense
+from spectral_lightning.model import GPT, GPTConfig
+
+
+def load_reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = load_reproduce()
+
+DEBUG = "n_layer=1,n_embd=32,n_head=2,block=16,batch=16"
+
+
+def tiny_params(vocab_size: int, strategy) -> int:  # noqa: ANN001
+    return GPT(GPTConfig(vocab_size, 16, 1, 2, 32, 0.0, True), strategy).num_parameters()
+
+
+def test_grid_has_every_run_once():
+    grid = reproduce.build_grid(["paper", "sweep"], [2, 4, 10, 20])
+    names = [s.name for s in grid]
+    assert len(names) == len(set(names))
+    # 5 paper runs + 4 compressions x 5 strategies, of which dct2x (zigzag, mn/2) and dct4x (lowpass, mn/4) are shared.
+    assert len(grid) == 5 + 4 * 5 - 2
+    by_name = {s.name: s for s in grid}
+    assert by_name["dct2x"].groups == ("paper", "sweep")
+    assert by_name["lowrank48"].groups == ("paper",)
+    cells = {(s.strategy, s.compression) for s in grid if "sweep" in s.groups}
+    assert len(cells) == 20
+    assert [s.name for s in reproduce.build_grid(["paper"], [])] == ["dense", "dct2x", "dct4x", "lowrank", "lowrank48"]
+
+
+@pytest.mark.parametrize(("steps", "interval"), [(5000, 500), (300, 150), (6, 3), (7, 1), (1, 1)])
+def test_validation_runs_at_the_last_step(steps: int, interval: int):
+    assert reproduce.validation_interval(steps) == interval
+
+
+def test_bad_debug_size_is_rejected():
+    with pytest.raises(SystemExit, match="n_lyer"):
+        reproduce.debug_overrides("n_lyer=2")
+
+
+def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    text = make_text(8_000)  # a short held-out tail keeps validation cheap
+    data = tmp_path / "tiny.txt"
+    data.write_text(text, encoding="utf-8")
+    out = tmp_path / "results"
+    argv = ["--groups", "paper", "--only", "dense", "dct4x", "--seeds", "3", "--steps", "2"]
+    argv += ["--debug-size", DEBUG, "--data-path", str(data), "--out", str(out), "--device", "cpu", "--jobs", "2"]
+
+    assert reproduce.main(argv) == 0
+
+    with open(out / "runs.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == reproduce.CSV_COLUMNS
+        rows = {r["run"]: r for r in reader}
+    assert sorted(rows) == ["dct4x", "dense"]
+    vocab = len(set(text))
+    dense_params = tiny_params(vocab, Dense())
+    assert int(rows["dense"]["stored_params"]) == dense_params
+    assert int(rows["dct4x"]["stored_params"]) == tiny_params(vocab, DCT(compression=4.0))
+    assert float(rows["dense"]["pct_of_dense"]) == 100.0
+    expected_pct = 100 * int(rows["dct4x"]["stored_params"]) / dense_params
+    assert float(rows["dct4x"]["pct_of_dense"]) == pytest.approx(expected_pct, abs=0.01)
+    for row in rows.values():
+        assert row["seed"] == "3" and row["steps"] == "2" and row["accelerator"] == "cpu"
+        final, best = float(row["final_val_loss"]), float(row["best_val_loss"])
+        assert best <= final < math.log(vocab) + 0.5  # a real loss, close to uniform after 2 steps
+        assert float(row["final_val_ppl"]) == pytest.approx(math.exp(final), rel=1e-3)
+        assert 1.0 <= float(row["mean_stable_rank"]) <= 32.0
+        assert float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) > 0
+        assert row["command"].startswith("cli.py fit --config configs/")
+        assert (Path(row["run_dir"]) / "checkpoints" / "last.ckpt").is_file()
+
+    summary = (out / "summary.md").read_text()
+    table = [line for line in summary.splitlines() if line.startswith("| dense |") or line.startswith("| dct4x |")]
+    assert len(table) == 2
+    assert "1.580" in table[0] and "6.1 (100%)" in table[0]  # the paper's numbers beside ours
+    assert f"{float(rows['dense']['final_val_loss']):.3f}" in table[0]
+    assert "Sweep" not in summary  # only the paper group was run
+    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Rerunning does not redo finished runs: no new training command, same metrics files.
+    logs = {p: p.read_bytes() for p in out.glob("runs/*/*/train.log")}
+    metrics = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.json")}
+    assert len(logs) == len(metrics) == 2
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    assert capsys.readouterr().out.count("[skipped]") == 2
+    assert {p: p.read_bytes() for p in logs} == logs
+    assert {p: p.stat().st_mtime_ns for p in metrics} == metrics
+    with open(out / "runs.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2
