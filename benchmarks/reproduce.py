@@ -45,7 +45,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +54,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the package is imported from this checkout (to read checkpoints back)
     sys.path.insert(0, str(REPO))
+from spectral_lightning.files import atomic_write_bytes  # noqa: E402 (after the path set-up above)
+
 CLI = REPO / "cli.py"
 CONFIGS = REPO / "configs"
 
@@ -245,19 +246,6 @@ def command_for(spec: RunSpec, seed: int, budget: Budget, out: Path) -> list[str
     cmd += ["--trainer.logger.init_args.name", spec.name, "--trainer.logger.init_args.version", directory.name]
     cmd += list(budget.extra)
     return cmd
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

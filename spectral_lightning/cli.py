@@ -18,7 +18,6 @@ import os
 import pickle
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -34,7 +33,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from spectral_lightning.data import CharDataModule
-from spectral_lightning.errors import ConfigError, TrainingInterrupted
+from spectral_lightning.errors import ConfigError, TrainingInterrupted, exit_on_user_error
+from spectral_lightning.files import atomic_write
 from spectral_lightning.module import NonFiniteLossError, SpectralLM
 
 
@@ -55,18 +55,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
         return None
 
 
@@ -353,16 +342,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SpectralCLI:
     # cannot see that and warns on every mid-epoch resume.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     try:
-        return SpectralCLI(
-            SpectralLM,
-            CharDataModule,
-            args=args,
-            run=run,
-            save_config_kwargs={"overwrite": True},
-        )
-    except (ConfigError, NonFiniteLossError, MisconfigurationException) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        with exit_on_user_error(NonFiniteLossError, MisconfigurationException):
+            return SpectralCLI(SpectralLM, CharDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
     except TrainingInterrupted as err:
         print(str(err), file=sys.stderr)
         raise SystemExit(err.exit_code) from None

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
+from collections.abc import Iterator
 
 
 class ConfigError(ValueError):
@@ -35,3 +38,14 @@ class TrainingInterrupted(Exception):
     def exit_code(self) -> int:
         """The shell convention for a process stopped by a signal: 128 + signal number (130, 143)."""
         return 128 + self.signum
+
+
+@contextlib.contextmanager
+def exit_on_user_error(*also: type[BaseException]) -> Iterator[None]:
+    """For command-line entry points: print a :class:`ConfigError` (or one of ``also``) as one line,
+    ``error: ...``, with no traceback, and exit with status 2, the status of an argument error."""
+    try:
+        yield
+    except (ConfigError, *also) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

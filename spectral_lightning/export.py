@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor
 
 from spectral_lightning.data import CharTokenizer, atomic_write_bytes
-from spectral_lightning.errors import ConfigError
+from spectral_lightning.errors import ConfigError, exit_on_user_error
 from spectral_lightning.model import GPT, GPTConfig
 from spectral_lightning.module import SpectralLM
 from spectral_lightning.parameterizations import Dense, Parameterization
@@ -344,11 +343,8 @@ def main(args: list[str] | None = None) -> None:
     """
     from jsonargparse import auto_cli
 
-    try:
+    with exit_on_user_error():
         auto_cli(export_command, args=args, as_positional=False)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import TextIO
 import torch
 
 from spectral_lightning.data import CharTokenizer
-from spectral_lightning.errors import ConfigError
+from spectral_lightning.errors import ConfigError, exit_on_user_error
 from spectral_lightning.export import dense_state_dict, load_model
 from spectral_lightning.model import GPT
 from spectral_lightning.parameterizations import Dense
@@ -182,11 +182,8 @@ def main(args: list[str] | None = None) -> None:
     """
     from jsonargparse import auto_cli
 
-    try:
+    with exit_on_user_error():
         auto_cli(generate_command, args=args, as_positional=False)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from conftest import make_text
 
 import spectral_lightning.data as data
+import spectral_lightning.files as files
 from spectral_lightning.data import BatchStreamSampler, CharDataModule, CharTokenizer, RandomWindowBatches
 from spectral_lightning.errors import ConfigError, DataError
 
@@ -272,7 +273,7 @@ def test_failed_write_leaves_no_temp_file(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(DataError, match="--data.data_dir") as err:
         data.download(server.url, dest, server.sha)
     assert str(dest) in str(err.value)
@@ -322,7 +323,7 @@ def test_temp_files_are_hidden_and_in_the_same_folder(tmp_path: Path, monkeypatc
         seen.append((str(src), str(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(data.os, "replace", spy)
+    monkeypatch.setattr(files.os, "replace", spy)
     dest = tmp_path / "sub" / "file.bin"
     data.atomic_write_bytes(dest, b"abc")
     assert dest.read_bytes() == b"abc"

@@ -197,6 +197,21 @@ def check_compression(value: object, option: str = "compression") -> float:
     return float(value)
 
 
+def coefficient_budget(compression: float, k: int | None, in_features: int, out_features: int) -> int:
+    """K for an (out_features × in_features) weight: ``k`` when given (checked against [1, m·n]), else
+    round(mn / compression); raise ConfigError when that leaves no coefficient."""
+    mn = in_features * out_features
+    if k is not None:
+        return check_int("k", k, 1, mn, where=f" for a {out_features}x{in_features} weight")
+    budget = round(mn / compression)
+    if budget < 1:
+        raise ConfigError(
+            f"compression={compression} leaves no coefficient of a {out_features}x{in_features} weight: "
+            f"expected a value in [1, {mn}]"
+        )
+    return budget
+
+
 def check_std(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"init_std={value!r} is not valid: expected a finite number > 0 (e.g. 0.02)")

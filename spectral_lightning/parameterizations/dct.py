@@ -36,6 +36,7 @@ from spectral_lightning.parameterizations.base import (
     check_compression,
     check_int,
     check_std,
+    coefficient_budget,
 )
 from spectral_lightning.parameterizations.registry import register
 
@@ -209,16 +210,7 @@ class DCT(Parameterization):
 
     def num_coefficients(self, in_features: int, out_features: int) -> int:
         """K requested for an (out_features × in_features) weight."""
-        mn = in_features * out_features
-        if self.k is not None:
-            return check_int("k", self.k, 1, mn, where=f" for a {out_features}x{in_features} weight")
-        k = round(mn / self.compression)
-        if k < 1:
-            raise ConfigError(
-                f"compression={self.compression} leaves no coefficient of a {out_features}x{in_features} "
-                f"weight: expected a value in [1, {mn}]"
-            )
-        return k
+        return coefficient_budget(self.compression, self.k, in_features, out_features)
 
     def build(self, in_features: int, out_features: int, bias: bool = True) -> DCTLinear:
         k = self.num_coefficients(in_features, out_features)
