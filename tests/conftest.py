@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from spectral_lightning import available
+
 # Tiny test models run fastest on one thread (and do not fight parallel subprocesses for cores).
 torch.set_num_threads(1)
 
@@ -32,3 +34,15 @@ def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.txt"
     path.write_text(make_text(), encoding="utf-8")
     return path
+
+
+def strategy_cases() -> list[tuple[str, dict]]:
+    """Every registered strategy with its default options (as YAML would give them), plus one case per DCT
+    selection: the rows the precision and compile tests run for each strategy. A newly registered strategy
+    joins them without an edit; its own explicit row belongs in tests/test_parameterizations.py."""
+    cases = [(name, {"class_path": name}) for name in available() if name != "dct"]
+    cases += [
+        (f"dct-{sel}", {"class_path": "dct", "init_args": {"selection": sel}})
+        for sel in ("lowpass", "zigzag", "random")
+    ]
+    return sorted(cases)

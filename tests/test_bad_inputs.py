@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import REPO, make_text
 
 import spectral_lightning.data as data
@@ -210,15 +209,6 @@ ROWS = [
 
 
 # -- fixtures -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: these runs are tiny, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -11,23 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import strategy_cases
 
-from spectral_lightning import GPT, GPTConfig, SpectralLM, available
+from spectral_lightning import GPT, GPTConfig, SpectralLM
 from spectral_lightning.parameterizations import ReconstructedLinear, resolve
 
 BACKEND = "inductor" if torch.cuda.is_available() else "aot_eager"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-CASES: dict[str, list[tuple[str, dict]]] = {
-    "dense": [("dense", {"class_path": "dense"})],
-    "dct": [
-        (f"dct-{sel}", {"class_path": "dct", "init_args": {"compression": 2.0, "selection": sel}})
-        for sel in ("lowpass", "zigzag", "random")
-    ],
-    "lowrank": [("lowrank", {"class_path": "lowrank", "init_args": {"rank": 4}})],
-    "random_basis": [("random_basis", {"class_path": "random_basis", "init_args": {"compression": 2.0}})],
-}
-ROWS = [case for rows in CASES.values() for case in rows]
+ROWS = strategy_cases()
 
 
 @pytest.fixture(autouse=True)
@@ -40,10 +32,6 @@ def fresh_dynamo():
 def tiny_gpt(spec: dict) -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=32), resolve(spec)).to(DEVICE)
-
-
-def test_every_registered_strategy_has_a_row() -> None:
-    assert set(available()) <= set(CASES), f"add a row to CASES for {set(available()) - set(CASES)}"
 
 
 @pytest.mark.parametrize("case", ROWS, ids=[c[0] for c in ROWS])

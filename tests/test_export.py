@@ -39,15 +39,6 @@ STRATEGIES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin-wait far longer than they compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory: pytest.TempPathFactory) -> CharDataModule:
     path = tmp_path_factory.mktemp("data") / "tiny.txt"

@@ -19,15 +19,6 @@ from spectral_lightning.generate import SEPARATOR, generate, main
 from spectral_lightning.parameterizations import DCTLinear
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin-wait far longer than they compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny DCT (c = 4) model trained a few steps, saved by the Trainer."""

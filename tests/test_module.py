@@ -24,16 +24,6 @@ from spectral_lightning.parameterizations import DCT, Dense, LowRank, unregister
 TINY = dict(n_layer=1, n_head=2, n_embd=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads, and on a shared machine two threads per op can be
-    # far slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def unigram_entropy(text: str) -> float:
     """H(X) in nats of the text's character frequencies."""
     n = len(text)

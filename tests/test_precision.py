@@ -9,22 +9,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import strategy_cases
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from spectral_lightning import CharDataModule, SpectralLM, available
+from spectral_lightning import CharDataModule, SpectralLM
 from spectral_lightning.parameterizations import ParameterizedLinear, ReconstructedLinear, resolve
 
 # One row per registered name (DCT once per selection): the strategies every precision must work with.
-ROWS: dict[str, list[tuple[str, dict]]] = {
-    "dense": [("dense", {"class_path": "dense"})],
-    "dct": [
-        (f"dct-{sel}", {"class_path": "dct", "init_args": {"compression": 2.0, "selection": sel}})
-        for sel in ("lowpass", "zigzag", "random")
-    ],
-    "lowrank": [("lowrank", {"class_path": "lowrank", "init_args": {"rank": 4}})],
-    "random_basis": [("random_basis", {"class_path": "random_basis", "init_args": {"compression": 2.0}})],
-}
-CASES = [case for rows in ROWS.values() for case in rows]
+CASES = strategy_cases()
 STEPS = 30
 TOLERANCE = 0.02  # relative difference of the final loss to the 32-bit run
 
@@ -95,10 +87,6 @@ def reference_loss(text_file: Path, case: tuple[str, dict]) -> float:
         assert rec.losses[-1] < 0.8 * rec.losses[0]  # it learns: the comparison below is not between two no-ops
         _reference[name] = final_loss(rec)
     return _reference[name]
-
-
-def test_every_registered_strategy_has_a_row() -> None:
-    assert set(available()) <= set(ROWS), f"add a row to ROWS for {set(available()) - set(ROWS)}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
