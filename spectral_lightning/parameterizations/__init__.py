@@ -17,6 +17,7 @@ import importlib
 
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.parameterizations.base import (
+    OrthonormalCoefficientLinear,
     Parameterization,
     ParameterizedLinear,
     ReconstructedLinear,
@@ -24,7 +25,7 @@ from spectral_lightning.parameterizations.base import (
 from spectral_lightning.parameterizations.dct import DCT, DCTLinear, dct_matrix
 from spectral_lightning.parameterizations.dense import Dense, DenseLinear
 from spectral_lightning.parameterizations.lowrank import LowRank, LowRankLinear
-from spectral_lightning.parameterizations.random_basis import RandomBasis, RandomBasisLinear  # noqa: F401
+from spectral_lightning.parameterizations.random_basis import RandomBasis, RandomBasisLinear
 from spectral_lightning.parameterizations.registry import (
     available,
     get,
@@ -62,8 +63,11 @@ __all__ = [
     "DenseLinear",
     "LowRank",
     "LowRankLinear",
+    "OrthonormalCoefficientLinear",
     "Parameterization",
     "ParameterizedLinear",
+    "RandomBasis",
+    "RandomBasisLinear",
     "ReconstructedLinear",
     "available",
     "dct_matrix",

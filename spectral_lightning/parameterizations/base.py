@@ -147,6 +147,88 @@ class ReconstructedLinear(ParameterizedLinear):
         return self
 
 
+class OrthonormalCoefficientLinear(ReconstructedLinear):
+    """W = P_mᵀ X P_n for orthonormal bases P_m (m×m), P_n (n×n), with K trainable entries of X stored at
+    fixed ``positions`` (flat, row-major indices into m×n) and zeros elsewhere.
+
+    The DCT and the random-basis strategies differ only in :meth:`basis`. Shared here: only the rows < ra and
+    columns < cb that hold a position take part, so the bases are sliced to them once (a full top-left block
+    needs no scatter at all); the product is taken in whichever order costs fewer flops; the K coefficients
+    start with variance σ²·mn/K; a dense W is projected as X = P_m W P_nᵀ restricted to the positions.
+
+    Args:
+        in_features: n.
+        out_features: m.
+        bias: learn a bias.
+        positions: sorted flat indices of the stored coefficients (derived from shape and options, never saved).
+        seed: the seed the positions or bases derive from (kept for ``extra_repr`` and subclasses).
+        init_std: per-entry standard deviation of the initial W (matches the dense init).
+    """
+
+    _basis_buffers = ("basis_out", "basis_in")
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, positions: Tensor, seed: int, init_std: float
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.seed, self.init_std = seed, init_std
+        m, n = out_features, in_features
+        rows, cols = positions // n, positions % n
+        # Only rows < ra and columns < cb hold coefficients: slice the bases to them once.
+        self.ra, self.cb = int(rows.max()) + 1, int(cols.max()) + 1
+        self.k = positions.numel()
+        self.block = self.k == self.ra * self.cb  # the support is the full top-left block: no scatter
+        self._positions = rows * self.cb + cols  # flat indices into the ra×cb corner
+        # Multiply in the cheaper order: (P_mᵀ X) P_n costs m·ra·cb + m·cb·n, P_mᵀ (X P_n) ra·cb·n + m·ra·n.
+        self.out_first = m * self.cb * (self.ra + n) < n * self.ra * (self.cb + m)
+        shape = (self.ra, self.cb) if self.block else (self.k,)
+        self.coef = nn.Parameter(torch.empty(shape))
+        self._build_buffers()
+        self.reset_parameters()
+
+    @abstractmethod
+    def basis(self, side: str, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
+        """The full orthonormal basis of one side (``"out"``: m×m, ``"in"``: n×n), basis vectors as rows,
+        computed in float64 and then cast; the same shape and options must always give the same matrix."""
+
+    def _build_buffers(self, device: torch.device | None = None) -> None:
+        self.register_buffer("basis_out", self.basis("out", torch.float32, device)[: self.ra], persistent=False)
+        self.register_buffer("basis_in", self.basis("in", torch.float32, device)[: self.cb], persistent=False)
+        self.register_buffer("positions", self._positions.to(device), persistent=False)
+
+    def reset_parameters(self) -> None:
+        # The bases are orthonormal, so ‖W‖_F² = ‖X‖_F² = sum of the K squared coefficients (Parseval). For
+        # W's m·n entries to have the dense variance σ², the K coefficients need variance σ²·mn/K.
+        std = self.init_std * math.sqrt(self.in_features * self.out_features / self.k)
+        nn.init.normal_(self.coef, mean=0.0, std=std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def stored(self) -> int:
+        return self.k
+
+    def coefficient_matrix(self) -> Tensor:
+        """The ra×cb top-left corner of X (float32), zeros where no coefficient is stored."""
+        coef = self.coef.to(self.basis_in.dtype)  # float32 (float64 after .double())
+        if self.block:
+            return coef
+        x = torch.zeros(self.ra * self.cb, dtype=coef.dtype, device=coef.device)
+        return x.index_put((self.positions,), coef).view(self.ra, self.cb)
+
+    def reconstruct(self) -> Tensor:
+        x = self.coefficient_matrix()  # (ra, cb)
+        if self.out_first:
+            return (self.basis_out.t() @ x) @ self.basis_in  # ((m, ra) @ (ra, cb)) @ (cb, n) -> (m, n)
+        return self.basis_out.t() @ (x @ self.basis_in)  # (m, ra) @ ((ra, cb) @ (cb, n)) -> (m, n)
+
+    def _load_dense_weight(self, weight: Tensor) -> None:
+        p_out, p_in = self.basis("out", device=weight.device), self.basis("in", device=weight.device)
+        x = (p_out @ weight @ p_in.t())[: self.ra, : self.cb]  # the coefficients of W: W = P_mᵀ X P_n
+        coef = x if self.block else x.flatten()[self.positions.to(weight.device)]
+        self.coef.copy_(coef.reshape(self.coef.shape))
+
+
 class Parameterization:
     """A strategy: typed options plus :meth:`build`. Subclass it and decorate with ``@register("name")``.
 

@@ -17,7 +17,8 @@ Selections, and the rank they allow (rank W = rank X):
   seed and shape give the same positions, so checkpoints reload and DDP ranks agree). No structural rank cap.
 
 Only the rows and columns that hold a selected position take part in the reconstruction: the bases are
-sliced to them once, so ``lowpass`` is two small matmuls with no scatter at all.
+sliced to them once, so ``lowpass`` is two small matmuls with no scatter at all
+(:class:`~spectral_lightning.parameterizations.base.OrthonormalCoefficientLinear`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import math
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.parameterizations.base import (
+    OrthonormalCoefficientLinear,
     Parameterization,
-    ReconstructedLinear,
     check_compression,
     check_int,
     check_std,
@@ -91,7 +92,7 @@ def select_positions(m: int, n: int, k: int, selection: str, seed: int) -> Tenso
     return torch.sort(idx).values
 
 
-class DCTLinear(ReconstructedLinear):
+class DCTLinear(OrthonormalCoefficientLinear):
     """Linear layer whose weight is W = C_mᵀ X C_n with X holding ``stored`` trainable coefficients.
 
     Args:
@@ -104,8 +105,6 @@ class DCTLinear(ReconstructedLinear):
         init_std: per-entry standard deviation of the initial W (matches the dense init).
     """
 
-    _basis_buffers = ("basis_out", "basis_in")
-
     def __init__(
         self,
         in_features: int,
@@ -116,61 +115,12 @@ class DCTLinear(ReconstructedLinear):
         seed: int = 0,
         init_std: float = 0.02,
     ) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.selection, self.seed, self.init_std = selection, seed, init_std
-        m, n = out_features, in_features
-        positions = select_positions(m, n, k, selection, seed)
-        rows, cols = positions // n, positions % n
-        # Only rows < ra and columns < cb hold coefficients: slice the bases to them once.
-        self.ra, self.cb = int(rows.max()) + 1, int(cols.max()) + 1
-        self.k = positions.numel()
-        self.block = self.k == self.ra * self.cb  # the support is the full top-left block: no scatter
-        self._positions = rows * self.cb + cols  # flat indices into the ra×cb corner
-        # Multiply in the cheaper order: (C_mᵀ X) C_n costs m·ra·cb + m·cb·n, C_mᵀ (X C_n) ra·cb·n + m·ra·n.
-        self.out_first = m * self.cb * (self.ra + n) < n * self.ra * (self.cb + m)
-        shape = (self.ra, self.cb) if self.block else (self.k,)
-        self.coef = nn.Parameter(torch.empty(shape))
-        self._build_buffers()
-        self.reset_parameters()
+        self.selection = selection
+        positions = select_positions(out_features, in_features, k, selection, seed)
+        super().__init__(in_features, out_features, bias, positions, seed, init_std)
 
-    def _build_buffers(self, device: torch.device | None = None) -> None:
-        m, n = self.out_features, self.in_features
-        self.register_buffer("basis_out", dct_matrix(m, torch.float32, device)[: self.ra], persistent=False)
-        self.register_buffer("basis_in", dct_matrix(n, torch.float32, device)[: self.cb], persistent=False)
-        self.register_buffer("positions", self._positions.to(device), persistent=False)
-
-    def reset_parameters(self) -> None:
-        # The DCT bases are orthonormal, so ‖W‖_F² = ‖X‖_F² = sum of the K squared coefficients. For W's
-        # m·n entries to have the dense variance σ², the K coefficients need variance σ²·mn/K.
-        std = self.init_std * math.sqrt(self.in_features * self.out_features / self.k)
-        nn.init.normal_(self.coef, mean=0.0, std=std)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    @property
-    def stored(self) -> int:
-        return self.k
-
-    def coefficient_matrix(self) -> Tensor:
-        """The ra×cb top-left corner of X (float32), zeros where no coefficient is stored."""
-        coef = self.coef.to(self.basis_in.dtype)  # float32 (float64 after .double())
-        if self.block:
-            return coef
-        x = torch.zeros(self.ra * self.cb, dtype=coef.dtype, device=coef.device)
-        return x.index_put((self.positions,), coef).view(self.ra, self.cb)
-
-    def reconstruct(self) -> Tensor:
-        x = self.coefficient_matrix()  # (ra, cb)
-        if self.out_first:
-            return (self.basis_out.t() @ x) @ self.basis_in  # ((m, ra) @ (ra, cb)) @ (cb, n) -> (m, n)
-        return self.basis_out.t() @ (x @ self.basis_in)  # (m, ra) @ ((ra, cb) @ (cb, n)) -> (m, n)
-
-    def _load_dense_weight(self, weight: Tensor) -> None:
-        m, n = self.out_features, self.in_features
-        x = dct_matrix(m, device=weight.device) @ weight @ dct_matrix(n, device=weight.device).t()
-        x = x[: self.ra, : self.cb]
-        coef = x if self.block else x.flatten()[self.positions.to(weight.device)]
-        self.coef.copy_(coef.reshape(self.coef.shape))
+    def basis(self, side: str, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
+        return dct_matrix(self.out_features if side == "out" else self.in_features, dtype, device)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, selection={self.selection}" + (

@@ -27,14 +27,13 @@ plus one ``@register`` line, reusing the package's base classes and helpers.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from spectral_lightning.parameterizations.base import (
+    OrthonormalCoefficientLinear,
     Parameterization,
-    ReconstructedLinear,
     check_compression,
     check_int,
     check_std,
@@ -75,7 +74,7 @@ def random_orthogonal(
     return (q * signs).to(dtype=dtype, device=device)
 
 
-class RandomBasisLinear(ReconstructedLinear):
+class RandomBasisLinear(OrthonormalCoefficientLinear):
     """Linear layer whose weight is W = Q_mᵀ X Q_n with X holding ``stored`` trainable coefficients.
 
     Args:
@@ -87,8 +86,6 @@ class RandomBasisLinear(ReconstructedLinear):
         init_std: per-entry standard deviation of the initial W (matches the dense init).
     """
 
-    _basis_buffers = ("basis_out", "basis_in")
-
     def __init__(
         self,
         in_features: int,
@@ -98,53 +95,13 @@ class RandomBasisLinear(ReconstructedLinear):
         seed: int = 0,
         init_std: float = 0.02,
     ) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.k, self.seed, self.init_std = k, seed, init_std
-        m, n = out_features, in_features
-        self._positions = select_positions(m, n, k, "random", seed)  # sorted flat indices into X (m×n)
-        self.coef = nn.Parameter(torch.empty(k))
-        self._build_buffers()
-        self.reset_parameters()
+        positions = select_positions(out_features, in_features, k, "random", seed)
+        super().__init__(in_features, out_features, bias, positions, seed, init_std)
 
-    def bases(self, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-        """(Q_m, Q_n) for this layer's shape and seed; the seed of each also depends on (m, n) and the side."""
+    def basis(self, side: str, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
+        """Q_m (``side="out"``) or Q_n (``"in"``); the seed of each also depends on (m, n) and the side."""
         m, n = self.out_features, self.in_features
-        q_out = random_orthogonal(m, _derived_seed(self.seed, m, n, "out"), dtype, device)
-        q_in = random_orthogonal(n, _derived_seed(self.seed, m, n, "in"), dtype, device)
-        return q_out, q_in
-
-    def _build_buffers(self, device: torch.device | None = None) -> None:
-        q_out, q_in = self.bases(torch.float32, device)
-        self.register_buffer("basis_out", q_out, persistent=False)
-        self.register_buffer("basis_in", q_in, persistent=False)
-        self.register_buffer("positions", self._positions.to(device), persistent=False)
-
-    def reset_parameters(self) -> None:
-        # Q_m, Q_n are orthogonal, so ‖W‖_F² = ‖X‖_F² = sum of the K squared coefficients (Parseval). For W's
-        # m·n entries to have the dense variance σ², the K coefficients need variance σ²·mn/K.
-        std = self.init_std * math.sqrt(self.in_features * self.out_features / self.k)
-        nn.init.normal_(self.coef, mean=0.0, std=std)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    @property
-    def stored(self) -> int:
-        return self.k
-
-    def coefficient_matrix(self) -> Tensor:
-        """The full m×n coefficient matrix X (float32), zeros where no coefficient is stored."""
-        coef = self.coef.to(self.basis_in.dtype)  # float32 (float64 after .double())
-        x = torch.zeros(self.out_features * self.in_features, dtype=coef.dtype, device=coef.device)
-        return x.index_put((self.positions,), coef).view(self.out_features, self.in_features)
-
-    def reconstruct(self) -> Tensor:
-        x = self.coefficient_matrix()  # (m, n)
-        return self.basis_out.t() @ (x @ self.basis_in)  # (m, m) @ (m, n) @ (n, n) -> (m, n)
-
-    def _load_dense_weight(self, weight: Tensor) -> None:
-        q_out, q_in = self.bases(torch.float64, weight.device)
-        x = q_out @ weight @ q_in.t()  # the coefficients of W in this basis: W = Q_mᵀ X Q_n
-        self.coef.copy_(x.flatten()[self.positions.to(weight.device)])
+        return random_orthogonal(m if side == "out" else n, _derived_seed(self.seed, m, n, side), dtype, device)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, seed={self.seed}"
