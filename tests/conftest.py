@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -46,3 +47,17 @@ def strategy_cases() -> list[tuple[str, dict]]:
         for sel in ("lowpass", "zigzag", "random")
     ]
     return sorted(cases)
+
+
+def quiet_trainer(**options: object) -> L.Trainer:
+    """A CPU Trainer that writes and prints nothing (no logger, checkpoints, progress bar, summary or
+    validation) unless ``options`` say otherwise: for tests that only need a few training steps."""
+    defaults: dict[str, object] = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    return L.Trainer(**{**defaults, **options})

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, make_text
+from conftest import REPO, make_text, quiet_trainer
 
 from spectral_lightning import CharDataModule, ConfigError, SpectralLM
 from spectral_lightning.cli import cli_main
@@ -50,15 +50,7 @@ def train(dm: CharDataModule, parameterization: dict, path: Path, steps: int = 4
     """A tiny model trained a few steps (so biases and norms move off their init), saved as a .ckpt."""
     L.seed_everything(0)
     module = SpectralLM(vocab=dm.vocab, **TINY, parameterization=parameterization, lr=1e-2, warmup_steps=0)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=steps)
     trainer.fit(module, dm)
     trainer.save_checkpoint(path)
     return path

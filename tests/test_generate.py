@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, make_text
+from conftest import REPO, make_text, quiet_trainer
 
 from spectral_lightning import CharDataModule, ConfigError, SpectralLM
 from spectral_lightning.export import export, load_model
@@ -29,15 +29,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = SpectralLM(
         vocab=dm.vocab, block_size=16, n_layer=1, n_head=2, n_embd=32, parameterization="dct", lr=1e-2, warmup_steps=0
     )
-    trainer = L.Trainer(
-        max_steps=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=8)
     trainer.fit(module, dm)
     trainer.save_checkpoint(folder / "last.ckpt")
     return folder / "last.ckpt"

@@ -15,6 +15,7 @@ import pytest
 import scipy.fft
 import torch
 import torch.nn.functional as F
+from conftest import quiet_trainer
 from helpers_custom_strategy import ColumnBlock, ColumnBlockLinear
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -397,16 +398,7 @@ def test_user_strategy_trains_through_the_model(orthobasis: str, text_file: Path
             return float(F.cross_entropy(module(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()))
 
     before = loss()
-    trainer = L.Trainer(
-        max_steps=30,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=30, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     after = loss()
     assert trainer.global_step == 30
