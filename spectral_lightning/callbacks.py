@@ -40,7 +40,6 @@ from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import GPT
 from spectral_lightning.parameterizations import (
     DCTLinear,
-    LowRankLinear,
     Parameterization,
     ParameterizedLinear,
     dct_matrix,
@@ -90,16 +89,6 @@ class ParameterTotals:
         return self.linear_stored / self.linear_dense if self.linear_dense else 1.0
 
 
-def describe_layer(layer: ParameterizedLinear) -> str:
-    """A short description of how a layer stores its weight (``dct lowpass``, ``lowrank r=16``, ...)."""
-    if isinstance(layer, DCTLinear):
-        return f"dct {layer.selection}" + (f" seed={layer.seed}" if layer.selection == "random" else "")
-    if isinstance(layer, LowRankLinear):
-        return f"lowrank r={layer.rank}"
-    name = type(layer).__name__
-    return name[: -len("Linear")].lower() if name.endswith("Linear") and len(name) > 6 else name
-
-
 def parameter_report(gpt: GPT) -> tuple[list[LayerRow], ParameterTotals]:
     """Rows for every parameterized linear of ``gpt`` and the model totals.
 
@@ -111,7 +100,7 @@ def parameter_report(gpt: GPT) -> tuple[list[LayerRow], ParameterTotals]:
     for name in gpt.parameterized:
         layer = linears[name]
         m, n = layer.out_features, layer.in_features
-        rows.append(LayerRow(name, m, n, describe_layer(layer), layer.stored, m * n))
+        rows.append(LayerRow(name, m, n, layer.describe(), layer.stored, m * n))
     stored = sum(p.numel() for p in gpt.parameters())
     # Every linear (parameterized or not) would hold m·n weight values in the dense model.
     extra = sum(layer.out_features * layer.in_features - layer.stored for layer in linears.values())
@@ -583,7 +572,6 @@ __all__ = [
     "TextSamples",
     "ThroughputMonitor",
     "default_callbacks",
-    "describe_layer",
     "markdown_table",
     "parameter_report",
     "parameter_table",

@@ -83,6 +83,11 @@ class ParameterizedLinear(nn.Module, ABC):
     def _load_dense_weight(self, weight: Tensor) -> None:
         """Set the stored values from a float64 dense weight (projecting if needed)."""
 
+    def describe(self) -> str:
+        """A short label of how this layer stores its weight, for tables (``dct lowpass``, ``lowrank r=16``)."""
+        name = type(self).__name__.removesuffix("Linear")
+        return name.lower() if name else type(self).__name__
+
     def extra_repr(self) -> str:
         dense = self.in_features * self.out_features
         return (

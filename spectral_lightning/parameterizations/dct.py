@@ -122,6 +122,9 @@ class DCTLinear(OrthonormalCoefficientLinear):
     def basis(self, side: str, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
         return dct_matrix(self.out_features if side == "out" else self.in_features, dtype, device)
 
+    def describe(self) -> str:
+        return f"dct {self.selection}" + (f" seed={self.seed}" if self.selection == "random" else "")
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, selection={self.selection}" + (
             f", seed={self.seed}" if self.selection == "random" else ""

@@ -73,6 +73,9 @@ class LowRankLinear(ReconstructedLinear):
         self.B.copy_(u[:, : self.rank] * root)
         self.A.copy_(root.unsqueeze(1) * vh[: self.rank])
 
+    def describe(self) -> str:
+        return f"lowrank r={self.rank}"
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}"
 

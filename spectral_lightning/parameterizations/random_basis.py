@@ -103,6 +103,9 @@ class RandomBasisLinear(OrthonormalCoefficientLinear):
         m, n = self.out_features, self.in_features
         return random_orthogonal(m if side == "out" else n, _derived_seed(self.seed, m, n, side), dtype, device)
 
+    def describe(self) -> str:
+        return f"random_basis seed={self.seed}"
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, seed={self.seed}"
 
