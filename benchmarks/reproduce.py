@@ -299,18 +299,14 @@ def stable_ranks(checkpoint: Path) -> tuple[int, int, float]:
     import torch
 
     from spectral_lightning import SpectralLM
+    from spectral_lightning.callbacks import parameter_report, stable_rank
 
     module = SpectralLM.load_from_checkpoint(str(checkpoint), map_location="cpu")
-    hp = dict(module.hparams)
-    hp["parameterization"] = "dense"
-    dense = SpectralLM(**hp)
+    _, totals = parameter_report(module.model)
     linears = module.model.linears()
-    ranks = []
     with torch.no_grad():
-        for name in module.model.parameterized:
-            w = linears[name].weight.detach().double()
-            ranks.append(float(w.square().sum() / torch.linalg.matrix_norm(w, ord=2) ** 2))
-    return module.model.num_parameters(), dense.model.num_parameters(), statistics.fmean(ranks)
+        ranks = [stable_rank(linears[name].weight) for name in module.model.parameterized]
+    return totals.stored, totals.dense, statistics.fmean(ranks)
 
 
 def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: float, resumed: bool, cmd: list[str]):
