@@ -560,6 +560,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--data-path", default=None, help="train on this local text file (data.path)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write runs.csv, summary.md and summary.png from the runs already finished under --out",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps={args.steps} is not valid: expected a positive integer")
@@ -594,6 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(shlex.join(command_for(spec, seed, budget, out)))
         return 0
 
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "benchmarks/reproduce.py", *(a for a in given if a != "--report-only")])
+    if args.report_only:
+        write_reports(out, budget, args.seeds, command)
+        return 0
+
     print(f"{len(jobs)} runs ({len(grid)} configs x {len(args.seeds)} seeds), {args.steps} steps each -> {out}")
     failed = []
 
@@ -619,19 +630,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(one, jobs))
 
-    rows = all_rows(out)
+    write_reports(out, budget, args.seeds, command)
+    if failed:
+        print(f"{len(failed)} run(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_reports(out: Path, budget: Budget, seeds: Sequence[int], command: str) -> None:
+    """``runs.csv`` (every finished run), ``summary.md`` and ``summary.png`` (this budget's runs of ``seeds``)."""
+    rows = all_rows(out) if (out / "runs").is_dir() else []
+    current = [r for r in rows if r["tag"] == budget.tag and r["seed"] in seeds]
+    if not current:
+        raise SystemExit(f"error: no finished run of budget {budget.tag} and seeds {list(seeds)} under {out / 'runs'}")
     write_csv(out / "runs.csv", rows)
-    current = [r for r in rows if r["tag"] == budget.tag and r["seed"] in args.seeds]
-    command = shlex.join(["python", "benchmarks/reproduce.py", *(sys.argv[1:] if argv is None else argv)])
     atomic_write_text(
         out / "summary.md", summary_markdown(current, build_grid(("paper", "sweep"), _cs(rows)), budget, command)
     )
     summary_plot(out / "summary.png", current, budget)
     print(f"wrote {out / 'runs.csv'}, {out / 'summary.md'}, {out / 'summary.png'}")
-    if failed:
-        print(f"{len(failed)} run(s) failed", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _cs(rows: list[dict]) -> list[float]:

@@ -107,3 +107,19 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert {p: p.stat().st_mtime_ns for p in metrics} == metrics
     with open(out / "runs.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+    # --report-only rebuilds the reports from the finished runs and trains nothing (e.g. after a grid was cut
+    # short, or on results copied from another machine); with no finished run of the budget it says so.
+    (out / "summary.md").unlink()
+    (out / "runs.csv").unlink()
+    capsys.readouterr()
+    assert reproduce.main([*argv, "--report-only"]) == 0
+    assert "[" not in capsys.readouterr().out  # no run line: nothing trained or skipped
+    assert {p: p.read_bytes() for p in logs} == logs
+    assert (out / "summary.md").read_text() == summary  # the recorded command is the training one
+    with open(out / "runs.csv", newline="") as f:
+        assert sorted(r["run"] for r in csv.DictReader(f)) == ["dct4x", "dense"]
+    with pytest.raises(SystemExit, match="no finished run of budget steps7"):
+        other = list(argv)
+        other[other.index("--steps") + 1] = "7"
+        reproduce.main([*other, "--report-only"])
