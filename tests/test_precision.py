@@ -45,7 +45,9 @@ class Recorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def train(text_file: Path, spec: dict, precision: str, steps: int = STEPS) -> tuple[SpectralLM, Recorder]:
+def train(
+    text_file: Path, spec: dict, precision: str, steps: int = STEPS, accelerator: str = "cpu"
+) -> tuple[SpectralLM, Recorder]:
     L.seed_everything(0, verbose=False)
     data = CharDataModule(path=str(text_file), block_size=16, batch_size=8, batches_per_epoch=1000)
     model = SpectralLM(
@@ -53,9 +55,10 @@ def train(text_file: Path, spec: dict, precision: str, steps: int = STEPS) -> tu
     )
     recorder = Recorder()
     # Lightning maps precision="16-mixed" on CPU to bf16; the plugin asks for float16 autocast explicitly.
-    kwargs = {"plugins": [MixedPrecision("16-mixed", "cpu")]} if precision == "16-mixed" else {"precision": precision}
+    cpu_fp16 = precision == "16-mixed" and accelerator == "cpu"
+    kwargs = {"plugins": [MixedPrecision("16-mixed", "cpu")]} if cpu_fp16 else {"precision": precision}
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         max_steps=steps,
         logger=False,
@@ -75,18 +78,18 @@ def final_loss(recorder: Recorder) -> float:
     return sum(recorder.losses[-5:]) / 5
 
 
-_reference: dict[str, float] = {}
+_reference: dict[tuple[str, str], float] = {}
 
 
-def reference_loss(text_file: Path, case: tuple[str, dict]) -> float:
-    """The 32-true run of a row (trained once per session)."""
+def reference_loss(text_file: Path, case: tuple[str, dict], accelerator: str = "cpu") -> float:
+    """The 32-true run of a row on ``accelerator`` (trained once per session)."""
     name, spec = case
-    if name not in _reference:
-        model, rec = train(text_file, spec, "32-true")
+    if (name, accelerator) not in _reference:
+        model, rec = train(text_file, spec, "32-true", accelerator=accelerator)
         assert rec.out_dtypes == {torch.float32}
         assert rec.losses[-1] < 0.8 * rec.losses[0]  # it learns: the comparison below is not between two no-ops
-        _reference[name] = final_loss(rec)
-    return _reference[name]
+        _reference[(name, accelerator)] = final_loss(rec)
+    return _reference[(name, accelerator)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -138,3 +141,20 @@ def test_bf16_true_trains_with_float32_bases(text_file: Path, case: tuple[str, d
                 assert getattr(layer, name).dtype == torch.float32, name
         elif isinstance(layer, ParameterizedLinear):
             assert layer.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16-true"])
+def test_cuda_precisions_train_to_the_32bit_loss(text_file: Path, case: tuple[str, dict], precision: str) -> None:
+    """The same contract on a GPU, where 16-mixed also scales the loss (GradScaler) and bf16-true runs the
+    whole model in bfloat16 with float32 reconstruction."""
+    ref = reference_loss(text_file, case, accelerator="cuda")
+    model, rec = train(text_file, case[1], precision, accelerator="cuda")
+    assert rec.out_dtypes == {torch.float16 if precision == "16-mixed" else torch.bfloat16}
+    master = torch.bfloat16 if precision == "bf16-true" else torch.float32
+    assert {p.dtype for p in model.parameters()} == {master}
+    loss = final_loss(rec)
+    # bf16-true also rounds the weights and optimizer updates to 8 mantissa bits: a looser bound.
+    tolerance = 0.10 if precision == "bf16-true" else TOLERANCE
+    assert abs(loss - ref) <= tolerance * ref, f"{precision} loss {loss:.4f} vs 32-true {ref:.4f}"
