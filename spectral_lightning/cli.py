@@ -1,6 +1,7 @@
 """The LightningCLI behind ``cli.py``: links data to model, picks hardware defaults, and keeps runs safe.
 
-* User errors (options, files, checkpoints, output folders) are one line, ``error: ...``, exit status 2,
+* User errors (options, files, checkpoints, output folders) are one line, ``error: ...``, exit status 2
+  (parsing errors too: :mod:`spectral_lightning.parse_errors`),
   raised before anything is written: output folders and ``--ckpt_path`` are checked before the run starts.
 * SIGINT (Ctrl-C) or SIGTERM during ``fit`` finishes the current optimizer step, writes ``last.ckpt`` and
   exits with status 130 / 143; a second signal stops at once without saving (:class:`SaveOnInterrupt`).
@@ -36,6 +37,7 @@ from spectral_lightning.data import CharDataModule
 from spectral_lightning.errors import ConfigError, TrainingInterrupted, exit_on_user_error
 from spectral_lightning.files import atomic_write
 from spectral_lightning.module import NonFiniteLossError, SpectralLM
+from spectral_lightning.parse_errors import SpectralArgumentParser
 
 
 def default_precision() -> str:
@@ -237,6 +239,10 @@ class SpectralCLI(LightningCLI):
         parser.set_defaults({"trainer.precision": default_precision()})
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
+        # SpectralArgumentParser reports a bad option in one line naming where it was given: it needs the args.
+        given = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+        for p in [parser, *getattr(parser._subcommands_action, "_name_parser_map", {}).values()]:
+            p.cli_args = given
         super().parse_arguments(parser, args)
         # LightningCLI reads an explicit --ckpt_path right after parsing (to take the model's options from it):
         # check first that it exists and is readable, so a damaged file is one sentence, not a traceback.
@@ -343,7 +349,14 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SpectralCLI:
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     try:
         with exit_on_user_error(NonFiniteLossError, MisconfigurationException):
-            return SpectralCLI(SpectralLM, CharDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
+            return SpectralCLI(
+                SpectralLM,
+                CharDataModule,
+                args=args,
+                run=run,
+                save_config_kwargs={"overwrite": True},
+                parser_class=SpectralArgumentParser,
+            )
     except TrainingInterrupted as err:
         print(str(err), file=sys.stderr)
         raise SystemExit(err.exit_code) from None
