@@ -21,6 +21,8 @@ from spectral_lightning.parameterizations import (
     Dense,
     Parameterization,
     ParameterizedLinear,
+    batch_groups,
+    batched_weights,
 )
 
 #: The four linears of every block: the weights the paper compresses.
@@ -134,6 +136,10 @@ class GPT(nn.Module):
         strategy: parameterization of the linears whose names match ``parameterize``.
         parameterize: module-name patterns; default: the four linears of every block. Add ``"lm_head"`` to
             compress the LM head too. A pattern matching nothing raises ``ValueError``.
+        batch_reconstruction: in eager training, rebuild the weights of same-shaped parameterized linears
+            (one per block) together, one batched product per shape, instead of layer by layer
+            (:func:`~spectral_lightning.parameterizations.batched_weights`). Same weights, fewer kernel
+            launches per step.
     """
 
     def __init__(
@@ -141,9 +147,11 @@ class GPT(nn.Module):
         config: GPTConfig,
         strategy: Parameterization | None = None,
         parameterize: list[str] | tuple[str, ...] = BLOCK_LINEARS,
+        batch_reconstruction: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
+        self.batch_reconstruction = batch_reconstruction
         linear = LinearFactory(strategy or Dense(), list(parameterize))
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
@@ -155,12 +163,21 @@ class GPT(nn.Module):
         self.parameterized = [n for n in linear.names if any(fnmatch.fnmatchcase(n, p) for p in linear.patterns)]
         for emb in (self.wte, self.wpe):
             nn.init.normal_(emb.weight, mean=0.0, std=0.02)
+        # Groups of layers rebuilt together (the layers never change after construction).
+        self._batch_groups = batch_groups(self.modules()) if batch_reconstruction else []
 
     def forward(self, idx: Tensor) -> Tensor:
         B, T = idx.shape  # (B, T)
         if T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        # (Checked here, not inside the context manager, so that compiled graphs never trace it.)
+        if self._batch_groups and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            with batched_weights(self._batch_groups):
+                return self._forward(idx)
+        return self._forward(idx)
+
+    def _forward(self, idx: Tensor) -> Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
             x = block(x)  # (B, T, C)

@@ -53,6 +53,9 @@ class SpectralLM(L.LightningModule):
             graphs: the whole step replayed with few launches) or ``max-autotune``; None = default.
         check_finite: stop training with an error naming the step as soon as the training loss is NaN/inf,
             before the optimizer applies it (one host sync per step).
+        batch_reconstruction: in eager training, rebuild the weights of the same-shaped parameterized
+            linears of all blocks with one batched product per shape instead of one per layer (same weights;
+            fewer kernel launches on a GPU). No effect under ``compile`` or outside training.
         init_from: a trained checkpoint or export (any strategy) whose weights initialize this model when a
             Trainer first configures it: every linear via ``load_dense_`` of the source's materialized weight
             (DCT: projection onto the selected coefficients; low-rank: truncated SVD), everything else copied.
@@ -78,6 +81,7 @@ class SpectralLM(L.LightningModule):
         compile: bool = False,
         compile_mode: str | None = None,
         check_finite: bool = True,
+        batch_reconstruction: bool = False,
         init_from: str | None = None,
     ) -> None:
         if parameterize is None:
@@ -101,7 +105,7 @@ class SpectralLM(L.LightningModule):
         self.tokenizer = CharTokenizer(vocab)
         self.strategy = resolve(parameterization)
         config = GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias)
-        self.model = GPT(config, self.strategy, parameterize)
+        self.model = GPT(config, self.strategy, parameterize, batch_reconstruction)
         self.val_loss, self.val_ppl = MeanMetric(), Perplexity()
         self.test_loss, self.test_ppl = MeanMetric(), Perplexity()
         self._compiled: torch.nn.Module | None = None

@@ -91,3 +91,18 @@ def test_spectral_lm_compile_option_wraps_the_built_model() -> None:
     assert module._compiled is not None and module._compiled._orig_mod is module.model
     assert any(isinstance(m, ReconstructedLinear) for m in module._compiled._orig_mod.modules())  # swapped first
     assert set(module.state_dict()) == keys  # checkpoints keep plain `model.*` names
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-layer", "batch_reconstruction"])
+def test_whole_model_compiles_as_one_graph(batched: bool) -> None:
+    """The GPT traces without a graph break, also with ``batch_reconstruction`` (the compiled graph rebuilds
+    the weights layer by layer and leaves the fusing to the compiler)."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(config, resolve("dct"), batch_reconstruction=batched).to(DEVICE)
+    idx = torch.randint(20, (2, 16), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    explanation = torch._dynamo.explain(model)(idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model, backend=BACKEND)
+    torch.testing.assert_close(compiled(idx), model(idx), atol=1e-5, rtol=1e-5)
+    assert all(layer._batched is None for group in model._batch_groups for layer in group)

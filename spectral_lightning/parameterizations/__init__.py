@@ -21,6 +21,8 @@ from spectral_lightning.parameterizations.base import (
     Parameterization,
     ParameterizedLinear,
     ReconstructedLinear,
+    batch_groups,
+    batched_weights,
 )
 from spectral_lightning.parameterizations.dct import DCT, DCTLinear, dct_matrix
 from spectral_lightning.parameterizations.dense import Dense, DenseLinear
@@ -70,6 +72,8 @@ __all__ = [
     "RandomBasisLinear",
     "ReconstructedLinear",
     "available",
+    "batch_groups",
+    "batched_weights",
     "dct_matrix",
     "get",
     "register",

@@ -15,9 +15,11 @@ A *strategy* (:class:`Parameterization`) is a small object of plain typed option
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 
 import torch
@@ -115,10 +117,22 @@ class ReconstructedLinear(ParameterizedLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         self._cache: tuple[tuple, Tensor] | None = None
+        self._batched: Tensor | None = None  # this forward's weight, set by batched_weights()
 
     @abstractmethod
     def reconstruct(self) -> Tensor:
         """Materialize the (out_features, in_features) weight in float32 from the stored values."""
+
+    def batch_key(self) -> tuple | None:
+        """Layers with equal keys share bases and index sets, so :meth:`reconstruct_batch` can rebuild them
+        together; None (the default) = never batched."""
+        return None
+
+    @classmethod
+    def reconstruct_batch(cls, layers: Sequence[ReconstructedLinear]) -> Tensor:
+        """The (L, out_features, in_features) float32 weights of ``layers`` (equal :meth:`batch_key`).
+        Subclasses override this with one batched product; this fallback rebuilds them one by one."""
+        return torch.stack([layer.reconstruct() for layer in layers])
 
     @abstractmethod
     def _build_buffers(self, device: torch.device | None = None) -> None:
@@ -126,6 +140,8 @@ class ReconstructedLinear(ParameterizedLinear):
 
     @property
     def weight(self) -> Tensor:
+        if self._batched is not None:
+            return self._batched
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             self._cache = None
             return self._materialize()
@@ -135,13 +151,7 @@ class ReconstructedLinear(ParameterizedLinear):
         return self._cache[1]
 
     def _materialize(self) -> Tensor:
-        # The training step calls this once per layer: no module traversal, and the autocast context is only
-        # entered when autocast is on (the cost of a step on a GPU at the paper's size is mostly host time).
-        device_type = next(iter(self._parameters.values())).device.type
-        if torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type=device_type, enabled=False):
-                return self.reconstruct()
-        return self.reconstruct()
+        return _without_autocast(self, self.reconstruct)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module signature)
         super()._apply(fn, recurse)
@@ -150,6 +160,51 @@ class ReconstructedLinear(ParameterizedLinear):
         if any(b is not None and b.dtype not in (torch.float32, torch.float64) for b in bases):
             self._build_buffers(device=bases[0].device)
         return self
+
+
+def _without_autocast(layer: nn.Module, fn: Callable[[], Tensor]) -> Tensor:
+    """``fn()`` with autocast off on the layer's device. Called once per layer (or group) per training step:
+    no module traversal, and the autocast context is only entered when autocast is on (at the paper's size a
+    GPU step costs mostly host time)."""
+    device_type = next(iter(layer._parameters.values())).device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fn()
+    return fn()
+
+
+def batch_groups(layers: Iterable[nn.Module]) -> list[list[ReconstructedLinear]]:
+    """The layers that :func:`batched_weights` rebuilds together: two or more with an equal batch key."""
+    groups: dict[tuple, list[ReconstructedLinear]] = {}
+    for layer in layers:
+        key = layer.batch_key() if isinstance(layer, ReconstructedLinear) else None
+        if key is not None:
+            groups.setdefault(key, []).append(layer)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+@contextlib.contextmanager
+def batched_weights(groups: Sequence[Sequence[ReconstructedLinear]]) -> Iterator[None]:
+    """Rebuild each group's weights with one batched product and let the layers use them inside the block.
+
+    A model whose layers share shapes (every block of a GPT) then pays a few kernel launches per shape and
+    step instead of a few per layer, which matters where a step is launch-bound (small models on a GPU). Only
+    in eager training: with autograd off the per-layer cache already makes weights free, and under
+    ``torch.compile`` the compiler fuses the per-layer products itself.
+    """
+    if not groups or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        yield
+        return
+    try:
+        for group in groups:
+            weights = _without_autocast(group[0], lambda g=group: type(g[0]).reconstruct_batch(g))
+            for layer, w in zip(group, weights.unbind(0), strict=True):
+                layer._batched = w
+        yield
+    finally:
+        for group in groups:
+            for layer in group:
+                layer._batched = None
 
 
 class OrthonormalCoefficientLinear(ReconstructedLinear):
@@ -213,19 +268,34 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
     def stored(self) -> int:
         return self.k
 
-    def coefficient_matrix(self) -> Tensor:
-        """The ra×cb top-left corner of X (float32), zeros where no coefficient is stored."""
-        coef = self.coef.to(self.basis_in.dtype)  # float32 (float64 after .double())
+    def coefficient_matrix(self, coef: Tensor | None = None) -> Tensor:
+        """The ra×cb top-left corner of X (float32), zeros where no coefficient is stored; for stacked
+        coefficients ``coef`` of several layers sharing the positions, (L, ra, cb)."""
+        coef = (self.coef if coef is None else coef).to(self.basis_in.dtype)  # float32 (float64 after .double())
         if self.block:
             return coef
-        x = torch.zeros(self.ra * self.cb, dtype=coef.dtype, device=coef.device)
-        return x.index_put((self.positions,), coef).view(self.ra, self.cb)
+        lead = coef.shape[:-1] if coef.dim() == 2 else ()  # (L,) for stacked flat coefficients
+        x = coef.new_zeros(*lead, self.ra * self.cb)
+        return x.index_copy(x.dim() - 1, self.positions, coef).view(*lead, self.ra, self.cb)
 
     def reconstruct(self) -> Tensor:
-        x = self.coefficient_matrix()  # (ra, cb)
+        return self._synthesize(self.coefficient_matrix())
+
+    def _synthesize(self, x: Tensor) -> Tensor:
+        """P_mᵀ X P_n for X of shape (ra, cb) or (L, ra, cb)."""
         if self.out_first:
             return (self.basis_out.t() @ x) @ self.basis_in  # ((m, ra) @ (ra, cb)) @ (cb, n) -> (m, n)
         return self.basis_out.t() @ (x @ self.basis_in)  # (m, ra) @ ((ra, cb) @ (cb, n)) -> (m, n)
+
+    def batch_key(self) -> tuple:
+        # Positions and bases derive from the class, the shape and the options that describe() names.
+        return (type(self), self.out_features, self.in_features, self.k, self.describe(), self.coef.dtype)
+
+    @classmethod
+    def reconstruct_batch(cls, layers: Sequence[OrthonormalCoefficientLinear]) -> Tensor:
+        first = layers[0]
+        coef = torch.stack([layer.coef for layer in layers])  # (L, ra, cb) or (L, k)
+        return first._synthesize(first.coefficient_matrix(coef))  # (L, m, n)
 
     def _load_dense_weight(self, weight: Tensor) -> None:
         p_out, p_in = self.basis("out", device=weight.device), self.basis("in", device=weight.device)

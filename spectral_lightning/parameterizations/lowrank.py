@@ -12,6 +12,7 @@ analogue of the Frobenius decay dense and DCT weights receive.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +67,16 @@ class LowRankLinear(ReconstructedLinear):
     def reconstruct(self) -> Tensor:
         dtype = torch.promote_types(self.B.dtype, torch.float32)  # float32 (float64 after .double())
         return self.B.to(dtype) @ self.A.to(dtype)  # (m, r) @ (r, n) -> (m, n)
+
+    def batch_key(self) -> tuple:
+        return (type(self), self.out_features, self.in_features, self.rank, self.B.dtype)
+
+    @classmethod
+    def reconstruct_batch(cls, layers: Sequence[LowRankLinear]) -> Tensor:
+        dtype = torch.promote_types(layers[0].B.dtype, torch.float32)
+        b = torch.stack([layer.B for layer in layers]).to(dtype)  # (L, m, r)
+        a = torch.stack([layer.A for layer in layers]).to(dtype)  # (L, r, n)
+        return b @ a  # (L, m, n)
 
     def _load_dense_weight(self, weight: Tensor) -> None:
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)

@@ -1,0 +1,124 @@
+"""Batched reconstruction (``batch_reconstruction``): the same-shaped parameterized linears of all blocks are
+rebuilt with one batched product per shape. It must change nothing but the number of kernels: the same
+logits, gradients and training losses as layer-by-layer reconstruction, for every registered strategy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import quiet_trainer, strategy_cases
+
+from spectral_lightning import GPT, CharDataModule, GPTConfig, SpectralLM
+from spectral_lightning.parameterizations import (
+    DCT,
+    ReconstructedLinear,
+    batch_groups,
+    batched_weights,
+    resolve,
+)
+
+CASES = strategy_cases()
+N_LAYER = 3
+
+
+def tiny(spec: dict, batched: bool, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=20, block_size=16, n_layer=N_LAYER, n_head=2, n_embd=32)
+    return GPT(config, resolve(spec), batch_reconstruction=batched)
+
+
+def logits_and_grads(model: GPT) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    x = torch.randint(20, (3, 16), generator=torch.Generator().manual_seed(1))
+    logits = model(x)
+    logits.square().mean().backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_batched_reconstruction_gives_the_same_logits_and_gradients(case: tuple[str, dict]) -> None:
+    plain = tiny(case[1], batched=False)
+    batched = tiny(case[1], batched=True)
+    reconstructed = [m for m in plain.modules() if isinstance(m, ReconstructedLinear)]
+    # One group per block-linear shape (qkv, proj, fc, mlp.proj), each holding that linear of every block.
+    expected_groups = 4 if reconstructed else 0
+    assert len(batched._batch_groups) == expected_groups
+    assert all(len(group) == N_LAYER for group in batched._batch_groups)
+    ref_logits, ref_grads = logits_and_grads(plain)
+    logits, grads = logits_and_grads(batched)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # The per-forward weights are released afterwards: nothing holds the autograd graph of the step.
+    assert all(layer._batched is None for group in batched._batch_groups for layer in group)
+
+
+def test_groups_keep_layers_with_different_options_apart() -> None:
+    layers = [DCT(compression=2.0, selection=sel).build(32, 64) for sel in ("lowpass", "zigzag", "lowpass")]
+    layers.append(DCT(compression=4.0, selection="lowpass").build(32, 64))  # another K
+    layers.append(DCT(compression=2.0, selection="lowpass").build(64, 32))  # another shape
+    groups = batch_groups(layers)
+    assert groups == [[layers[0], layers[2]]]  # singletons are left to the per-layer path
+
+
+def test_weights_are_released_when_the_forward_fails() -> None:
+    model = tiny({"class_path": "dct"}, batched=True)
+    block = model.blocks[1]
+    handle = block.register_forward_pre_hook(lambda mod, args: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+    handle.remove()
+    assert all(layer._batched is None for group in model._batch_groups for layer in group)
+
+
+def test_no_batching_without_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In evaluation the per-layer cache already makes weights free: the batched path is not taken."""
+    model = tiny({"class_path": "dct"}, batched=True)
+    calls = []
+    monkeypatch.setattr(
+        type(model.blocks[0].attn.qkv), "reconstruct_batch", classmethod(lambda cls, layers: calls.append(1))
+    )
+    with torch.no_grad():
+        model(torch.zeros(1, 4, dtype=torch.long))
+    assert calls == []
+
+
+def test_fallback_reconstruct_batch_stacks_the_layers() -> None:
+    """A strategy that declares a batch key but no batched product still gets correct weights."""
+    layers = [DCT(compression=2.0, selection="random").build(16, 24) for _ in range(3)]
+    for i, layer in enumerate(layers):
+        torch.nn.init.normal_(layer.coef, generator=torch.Generator().manual_seed(i))
+    stacked = ReconstructedLinear.reconstruct_batch.__func__(type(layers[0]), layers)
+    with batched_weights([layers]):
+        for layer, w in zip(layers, stacked, strict=True):
+            torch.testing.assert_close(layer.weight, w)
+            torch.testing.assert_close(layer.weight, layer.reconstruct())
+
+
+class Record(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.losses.append(float(outputs["loss"]))
+
+
+@pytest.mark.parametrize("spec", [{"class_path": "dct", "init_args": {"selection": "zigzag"}}, "lowrank"])
+def test_training_losses_match_per_layer_reconstruction(tmp_path: Path, spec: object) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 400, encoding="utf-8")
+    losses = {}
+    for batched in (False, True):
+        L.seed_everything(0, verbose=False)
+        data = CharDataModule(path=str(text), block_size=16, batch_size=4, batches_per_epoch=100)
+        model = SpectralLM(
+            data.vocab, block_size=16, n_layer=2, n_head=2, n_embd=32, parameterization=spec,
+            warmup_steps=0, batch_reconstruction=batched,
+        )  # fmt: skip
+        record = Record()
+        quiet_trainer(max_steps=8, callbacks=[record]).fit(model, datamodule=data)
+        losses[batched] = record.losses
+    assert len(losses[True]) == 8 and losses[True][-1] < losses[True][0]
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-6)
