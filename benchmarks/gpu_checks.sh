@@ -2,7 +2,8 @@
 # Every GPU check and benchmark of the project in one command, in priority order. Each phase has a time cap,
 # so a run cut short by a hard limit still leaves the finished phases' results:
 #
-#   1. eager bf16-mixed throughput of every configuration and the bare PyTorch loop (benchmarks/throughput.py);
+#   1. eager bf16-mixed throughput of every configuration and the bare PyTorch loop (benchmarks/throughput.py),
+#      then again with model.batch_reconstruction (one batched weight rebuild per shape);
 #   2. the fast mode (configs/fast.yaml: torch.compile "reduce-overhead", no per-step host sync):
 #      dense, dct4x, dct2x and the bare loop compiled the same way;
 #   3. the GPU tests (tests/test_precision.py on CUDA, tests/test_compile.py with inductor), in the
@@ -13,8 +14,9 @@
 # Usage:   benchmarks/gpu_checks.sh OUT_DIR [SECONDS]        (SECONDS: the whole script's budget, default 570)
 #          PHASES="4" benchmarks/gpu_checks.sh OUT_DIR 180   resumes the reproduction alone: finished runs are kept,
 #          runs stopped at the time cap go on from the last.ckpt they saved on SIGTERM.
-# Results: OUT_DIR/{env.txt, throughput_eager.md, throughput_fast.md, gpu_tests.log, reproduce.log,
-#          results.tgz (results/: runs.csv, summary.md, summary.png and each run's metrics, config and log)}
+# Results: OUT_DIR/{env.txt, throughput_{eager,batched,fast}.md, logs.tgz (each phase's log, the test and the
+#          reproduction logs), results.tgz (results_gpu/: runs.csv, summary.md, summary.png and each run's
+#          metrics, config and log)}
 # A CPU smoke test of the script itself:  DEVICE=cpu STEPS=4 DEBUG_SIZE=n_layer=1,n_embd=32,n_head=2,block=16,batch=8 \
 #          benchmarks/gpu_checks.sh /tmp/gpu_checks 300
 set -u
@@ -59,6 +61,13 @@ if has 1; then
   stamp "phase 1 exit $?"
 fi
 
+if has 1; then
+  stamp "phase 1b: eager throughput, batch_reconstruction"
+  timeout "$(cap 90)" python3 benchmarks/throughput.py "${bench[@]}" --batch-reconstruction \
+    --configs dense dct2x dct4x dct_random2x lowrank16 >"$out/throughput_batched.md" 2>"$out/throughput_batched.log"
+  stamp "phase 1b exit $?"
+fi
+
 if has 2; then
   stamp "phase 2: fast-mode throughput"
   timeout "$(cap 200)" python3 benchmarks/throughput.py "${bench[@]}" "${fast[@]}" \
@@ -75,16 +84,19 @@ if has 3; then
   tests=$!
 fi
 
-has 4 || { stamp "done"; exit 0; }
-stamp "phase 4: reproduction"
-repro=(--steps "$steps" --seeds 0 1 --groups paper sweep --compressions 10 20 --out results_gpu
-  --device "${device/cuda/gpu}")
-[ -n "$debug" ] && repro+=(--debug-size "$debug")
-timeout "$(cap 10000)" python3 benchmarks/reproduce.py "${repro[@]}" --jobs "$jobs" >>"$out/reproduce.log" 2>&1
-stamp "phase 4 exit $?"
-# Runs stopped by the cap save last.ckpt on SIGTERM; give them a few seconds before the files are packed.
-for _ in $(seq 20); do pgrep -f "cli.py fit" >/dev/null || break; sleep 1; done
-python3 benchmarks/reproduce.py "${repro[@]}" --report-only >>"$out/reproduce.log" 2>&1
+if has 4; then
+  stamp "phase 4: reproduction"
+  repro=(--steps "$steps" --seeds 0 1 --groups paper sweep --compressions 10 20 --out results_gpu
+    --device "${device/cuda/gpu}")
+  [ -n "$debug" ] && repro+=(--debug-size "$debug")
+  timeout "$(cap 10000)" python3 benchmarks/reproduce.py "${repro[@]}" --jobs "$jobs" >>"$out/reproduce.log" 2>&1
+  stamp "phase 4 exit $?"
+  # Runs stopped by the cap save last.ckpt on SIGTERM; give them a few seconds before the files are packed.
+  for _ in $(seq 20); do pgrep -f "cli.py fit" >/dev/null || break; sleep 1; done
+  python3 benchmarks/reproduce.py "${repro[@]}" --report-only >>"$out/reproduce.log" 2>&1
+  tar czf "$out/results.tgz" --exclude '*.ckpt' --exclude 'events.out.tfevents.*' results_gpu 2>>"$out/env.txt"
+fi
 [ -n "$tests" ] && wait "$tests"
-tar czf "$out/results.tgz" --exclude '*.ckpt' --exclude 'events.out.tfevents.*' results_gpu 2>>"$out/env.txt"
 stamp "done"
+# Few files travel best: the logs go into one archive.
+(cd "$out" && tar czf logs.tgz ./*.log && rm -f ./*.log)

@@ -78,17 +78,19 @@ def _peak_rss_mb() -> float:
 
 
 def _reconstruct_seconds(model, device: str, reps: int) -> float:
-    """Mean seconds to rebuild every parameterized weight and back-propagate through the rebuild."""
+    """Mean seconds to rebuild every parameterized weight and back-propagate through the rebuild (batched per
+    shape when the model was built with ``batch_reconstruction``)."""
     import torch
 
-    from spectral_lightning.parameterizations import ReconstructedLinear
+    from spectral_lightning.parameterizations import ReconstructedLinear, batched_weights
 
     layers = [m for m in model.modules() if isinstance(m, ReconstructedLinear)]
     if not layers:
         return 0.0
 
     def once() -> None:
-        weights = [layer._materialize() for layer in layers]
+        with batched_weights(model._batch_groups):
+            weights = [layer.weight for layer in layers]
         torch.autograd.backward(weights, [torch.ones_like(w) for w in weights])
 
     for _ in range(3):
@@ -129,6 +131,7 @@ def _worker(args: argparse.Namespace) -> dict:
             compile=args.compile,
             compile_mode=args.compile_mode,
             check_finite=not args.no_check_finite,
+            batch_reconstruction=args.batch_reconstruction,
         )
         timer = _StepTimer(args.warmup, args.eval_warmup, eval_batches, args.device)
         trainer = L.Trainer(
@@ -323,6 +326,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument(
+        "--batch-reconstruction",
+        action="store_true",
+        help="model.batch_reconstruction=true: one batched rebuild per weight shape (eager training)",
+    )
+    parser.add_argument(
         "--configs", nargs="+", default=[*CONFIGS, BARE], choices=[*CONFIGS, BARE], help="configurations to run"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -365,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"\nMachine: {_machine(args.device)}; precision {args.precision}; compile {args.compile} "
-        f"(mode {args.compile_mode or 'default'}); "
+        f"(mode {args.compile_mode or 'default'}); batch_reconstruction {args.batch_reconstruction}; "
         f"threads {args.threads or torch.get_num_threads()}; batch {BATCH} x context {CONTEXT}; "
         f"{args.warmup} warm-up + {args.steps} measured steps; {args.eval_steps} eval batches; "
         f"median of {args.repeats}\n"
