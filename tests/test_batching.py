@@ -4,12 +4,13 @@ logits, gradients and training losses as layer-by-layer reconstruction, for ever
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import quiet_trainer, strategy_cases
+from conftest import REPO, quiet_trainer, strategy_cases
 
 from spectral_lightning import GPT, CharDataModule, GPTConfig, SpectralLM
 from spectral_lightning.parameterizations import (
@@ -122,3 +123,20 @@ def test_training_losses_match_per_layer_reconstruction(tmp_path: Path, spec: ob
         losses[batched] = record.losses
     assert len(losses[True]) == 8 and losses[True][-1] < losses[True][0]
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-6)
+
+
+def test_batching_dispatches_fewer_matrix_products() -> None:
+    """``benchmarks/op_count.py``'s count at the paper's size: rebuilding a lowpass DCT weight takes 4 matrix
+    products per step (2 forward, 2 backward). Per layer that is 16 linears x 4; batched, 4 shapes x 4."""
+    spec = importlib.util.spec_from_file_location("op_count", REPO / "benchmarks" / "op_count.py")
+    op_count = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(op_count)
+    products = {
+        (name, batched): sum(op_count.count(op_count.CONFIGS[name], batched)[k] for k in op_count.PRODUCTS)
+        for name in ("dense", "dct4x")
+        for batched in (False, True)
+    }
+    assert products[("dense", True)] == products[("dense", False)]  # nothing to batch
+    extra = products[("dct4x", False)] - products[("dense", False)]
+    assert extra == 16 * 4  # 16 parameterized linears x 2 products x (forward + backward)
+    assert products[("dct4x", True)] - products[("dense", False)] == 4 * 4  # 4 shapes, the same 4 each
