@@ -92,6 +92,11 @@ def describe(message: str, args: Sequence[str], parser: Any = None, prog: str = 
     if match:
         key, rest = match["key"], match["rest"]
         if key == "config":  # the --config file itself
+            missing = re.match(r"File does not exist: '(?P<path>[^']+)'", rest.strip())
+            if missing:
+                return (
+                    f"--config file {missing['path']} does not exist; expected a YAML file such as configs/dct4x.yaml"
+                )
             return f"--config: {_one_line(rest)}"
         return _bad_value(key, rest, args, help_hint)
     return _one_line(text)

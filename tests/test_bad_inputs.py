@@ -165,7 +165,8 @@ ROWS = [
         ("unknown option trainer.max_stepz on the command line", "did you mean trainer.max_steps?")),
     Row("precision_not_a_choice", lambda e: fit("--trainer.precision", "bf17"),
         ("trainer.precision='bf17' on the command line is not valid", "'bf16-mixed'", "'32-true'", "'16-mixed'")),
-    Row("missing_config_file", lambda e: fit("--config", "nope.yaml"), ("--config", "nope.yaml", "does not exist")),
+    Row("missing_config_file", lambda e: fit("--config", "nope.yaml"),
+        ("--config file", "nope.yaml does not exist", "expected a YAML file such as configs/dct4x.yaml")),
     # -- data -----------------------------------------------------------------------------------------------
     Row("block_size_exceeds_validation_split", lambda e: fit(path=e.write("short.txt", "abcdefghij" * 10)),
         ("validation split of short.txt has 10 characters", "data.block_size + 1 = 17", "smaller block_size")),
