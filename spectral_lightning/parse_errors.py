@@ -28,9 +28,9 @@ from typing import Any, NoReturn
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
+_BEFORE_SUBCOMMAND = re.compile(r"^Option '(?P<key>[^']+)' is not accepted before subcommand '?(?P<sub>[^']+?)'?$")
 _UNKNOWN_PATTERNS = (
     re.compile(r"^Subcommand '(?P<sub>[^']+)' does not accept option '(?P<key>[^']+)'"),
-    re.compile(r"^Option '(?P<key>[^']+)' is not accepted before subcommand '(?P<sub>[^']+)'"),
     re.compile(r"^Group '(?P<group>[^']+)' does not accept option '(?P<key>[^']+)'"),
     re.compile(r"^Option '(?P<key>[^']+)' is not accepted"),
 )
@@ -80,6 +80,13 @@ def describe(message: str, args: Sequence[str], parser: Any = None, prog: str = 
         options = [a for a in unknown if a.startswith("-")]
         key = options[0].lstrip("-").split("=", 1)[0] if options else (unknown[0] if unknown else "")
         return _unknown(key, "on the command line", _known_keys(parser), help_hint)
+    match = _BEFORE_SUBCOMMAND.match(text)
+    if match:  # e.g. `cli.py --config x.yaml fit`: options belong after the subcommand (or under `fit:`)
+        key, sub = match["key"], match["sub"] if match["sub"] in SUBCOMMANDS else "fit"
+        return (
+            f"option {key} {_where(key, args)} comes before the subcommand: put the subcommand first "
+            f"({prog.split()[0]} {sub} --config ...), or nest the file's options under '{sub}:'"
+        )
     for pattern in _UNKNOWN_PATTERNS:
         match = pattern.match(text)
         if match:

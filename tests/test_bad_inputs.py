@@ -161,6 +161,8 @@ ROWS = [
         ("unknown option model.n_layr in typo.yaml", "did you mean model.n_layer?", "fit --help lists every option")),
     Row("yaml_wrong_type", lambda e: fit("--config", e.write("type.yaml", "model:\n  n_layer: two\n")),
         ("model.n_layer='two' in type.yaml is not valid: expected an integer",)),
+    Row("config_before_subcommand", lambda e: ["--config", e.write("early.yaml", "model:\n  n_layer: 1\n"), *fit()],
+        ("option model.n_layer in early.yaml comes before the subcommand", "nest the file's options under 'fit:'")),
     Row("unknown_command_line_option", lambda e: fit("--trainer.max_stepz", "3"),
         ("unknown option trainer.max_stepz on the command line", "did you mean trainer.max_steps?")),
     Row("precision_not_a_choice", lambda e: fit("--trainer.precision", "bf17"),
