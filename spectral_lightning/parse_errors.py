@@ -83,8 +83,9 @@ def describe(message: str, args: Sequence[str], parser: Any = None, prog: str = 
     match = _BEFORE_SUBCOMMAND.match(text)
     if match:  # e.g. `cli.py --config x.yaml fit`: options belong after the subcommand (or under `fit:`)
         key, sub = match["key"], match["sub"] if match["sub"] in SUBCOMMANDS else "fit"
+        before = args[: args.index(sub)] if sub in args else args
         return (
-            f"option {key} {_where(key, args)} comes before the subcommand: put the subcommand first "
+            f"option {key} {_where(key, before)} comes before the subcommand: put the subcommand first "
             f"({prog.split()[0]} {sub} --config ...), or nest the file's options under '{sub}:'"
         )
     for pattern in _UNKNOWN_PATTERNS:
