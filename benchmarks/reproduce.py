@@ -285,11 +285,18 @@ def read_scalars(directory: Path) -> dict[str, list[tuple[float, int, float]]]:
 
 def tokens_per_second(train_loss: list[tuple[float, int, float]], tokens_per_step: int) -> float:
     """Training throughput from the wall times of the logged train losses (startup excluded, periodic
-    validation included); pairs spanning a restart (a step going backwards in time) are skipped."""
-    steps = seconds = 0.0
-    for (t0, s0, _), (t1, s1, _) in zip(train_loss, train_loss[1:], strict=False):
-        if s1 > s0 and t1 > t0:
-            steps, seconds = steps + (s1 - s0), seconds + (t1 - t0)
+    validation included). Pairs spanning a restart are skipped: a step going backwards, or a gap per step over
+    ten times the median one (the time a run spent stopped before it was resumed)."""
+    pairs = [
+        (s1 - s0, t1 - t0)
+        for (t0, s0, _), (t1, s1, _) in zip(train_loss, train_loss[1:], strict=False)
+        if s1 > s0 and t1 > t0
+    ]
+    if not pairs:
+        return float("nan")
+    typical = statistics.median(dt / ds for ds, dt in pairs)
+    kept = [(ds, dt) for ds, dt in pairs if dt / ds <= 10 * typical]
+    steps, seconds = sum(ds for ds, _ in kept), sum(dt for _, dt in kept)
     return steps * tokens_per_step / seconds if seconds > 0 else float("nan")
 
 

@@ -51,6 +51,15 @@ def test_validation_runs_at_the_last_step(steps: int, interval: int):
     assert reproduce.validation_interval(steps) == interval
 
 
+def test_throughput_skips_the_time_a_run_was_stopped():
+    # 10 steps per log at 1 s each; the run stops after step 30 and resumes (from step 30) an hour later.
+    logged = [(float(t), 10 * t, 0.0) for t in range(4)] + [(3603.0 + t, 40 + 10 * t, 0.0) for t in range(3)]
+    assert reproduce.tokens_per_second(logged, tokens_per_step=100) == pytest.approx(1000.0)
+    restarted = logged[:3] + [(50.0, 10, 0.0), (51.0, 20, 0.0)]  # an earlier step logged again after a restart
+    assert reproduce.tokens_per_second(restarted, tokens_per_step=100) == pytest.approx(1000.0)
+    assert math.isnan(reproduce.tokens_per_second(logged[:1], tokens_per_step=100))
+
+
 def test_bad_debug_size_is_rejected():
     with pytest.raises(SystemExit, match="n_lyer"):
         reproduce.debug_overrides("n_lyer=2")
