@@ -15,7 +15,6 @@ restores the original behaviour (an exception with jsonargparse's own message).
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import os
 import re
@@ -155,15 +154,10 @@ def _unknown(key: str, where: str, known: set[str], help_hint: str) -> str:
 
 def _init_options(class_path: str) -> set[str]:
     """The constructor options of the class at ``class_path`` (or a registered strategy name)."""
-    from spectral_lightning.parameterizations import available, get
+    from spectral_lightning.parameterizations import find_class
 
     try:
-        if class_path in available():
-            cls = get(class_path)
-        else:
-            module, _, name = class_path.rpartition(".")
-            cls = getattr(importlib.import_module(module), name)
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(find_class(class_path).__init__).parameters
     except (ImportError, AttributeError, ValueError, TypeError):
         return set()
     return {p for p, v in params.items() if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)}

@@ -36,6 +36,14 @@ from spectral_lightning.parameterizations.registry import (
 )
 
 
+def find_class(path: str) -> type:
+    """The class a ``class_path`` names: a registered strategy name (no dot) or a dotted import path."""
+    if "." not in path:
+        return get(path.lower())
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def resolve(spec: str | dict | Parameterization) -> Parameterization:
     """A strategy from an instance (returned as is), a registered name (default options), or a
     ``{"class_path": ..., "init_args": {...}}`` dict whose class_path is a registered name or a dotted path."""
@@ -45,10 +53,7 @@ def resolve(spec: str | dict | Parameterization) -> Parameterization:
         return get(spec.lower())()
     if isinstance(spec, dict) and "class_path" in spec:
         path, init_args = spec["class_path"], dict(spec.get("init_args") or {})
-        if "." not in path:
-            return get(path.lower())(**init_args)
-        module, _, name = path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
+        cls = find_class(path)
         if not (isinstance(cls, type) and issubclass(cls, Parameterization)):
             raise ConfigError(f"class_path {path!r} is not a Parameterization subclass")
         return cls(**init_args)
@@ -75,6 +80,7 @@ __all__ = [
     "batch_groups",
     "batched_weights",
     "dct_matrix",
+    "find_class",
     "get",
     "register",
     "resolve",
