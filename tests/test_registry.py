@@ -113,6 +113,7 @@ def test_resolve_accepts_name_instance_and_class_path_dicts() -> None:
     assert resolve(dotted) == DCT(compression=2)
     assert resolve({"class_path": "spectral_lightning.LowRank", "init_args": {"rank": 4}}) == LowRank(rank=4)
     assert resolve(resolve(dotted)) == DCT(compression=2)
+    assert resolve("spectral_lightning.parameterizations.dct.DCT") == DCT()  # a dotted path alone: defaults
 
 
 def test_resolve_rejects_what_is_not_a_strategy() -> None:

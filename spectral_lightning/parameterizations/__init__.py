@@ -45,12 +45,12 @@ def find_class(path: str) -> type:
 
 
 def resolve(spec: str | dict | Parameterization) -> Parameterization:
-    """A strategy from an instance (returned as is), a registered name (default options), or a
-    ``{"class_path": ..., "init_args": {...}}`` dict whose class_path is a registered name or a dotted path."""
+    """A strategy from an instance (returned as is), a class path alone (default options), or a
+    ``{"class_path": ..., "init_args": {...}}`` dict; a class path is a registered name or a dotted path."""
     if isinstance(spec, Parameterization):
         return spec
     if isinstance(spec, str):
-        return get(spec.lower())()
+        spec = {"class_path": spec}
     if isinstance(spec, dict) and "class_path" in spec:
         path, init_args = spec["class_path"], dict(spec.get("init_args") or {})
         cls = find_class(path)
