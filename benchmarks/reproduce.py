@@ -416,6 +416,15 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def sweep_cell(rows: Sequence[dict], key: str, digits: int, seeds: int) -> str:
+    """One sweep cell: mean ± std of ``key`` over its runs, marked ``(n = k)`` when it has only k < ``seeds``
+    runs (a grid still running, or cells trained with fewer seeds); ``–`` when it has none."""
+    if not rows:
+        return "–"
+    cell = mean_std([r[key] for r in rows], digits)
+    return cell if len(rows) >= seeds else f"{cell} (n = {len(rows)})"
+
+
 def by_run(rows: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for row in rows:
@@ -433,7 +442,8 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
         "",
         f"Budget: {budget.steps} steps per run ({budget.warmup} warm-up steps, then cosine decay; batch × context "
         "as in each config unless overridden), "
-        f"seeds {', '.join(map(str, seeds)) or '–'}; mean ± std over seeds. Machine: {'; '.join(machines) or '–'}.",
+        f"seeds {', '.join(map(str, seeds)) or '–'}; mean ± std over seeds ((n = k): a cell with only k of them). "
+        f"Machine: {'; '.join(machines) or '–'}.",
         "",
         f"Command: `{command}`",
         "",
@@ -475,7 +485,7 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
         ):
             lines += [f"## Sweep: {title}", "", f"| strategy | {header} |", "|---|" + "---:|" * len(cs)]
             for st in strategies:
-                row = [mean_std([r[key] for r in cells[(st, c)]], digits) if (st, c) in cells else "–" for c in cs]
+                row = [sweep_cell(cells.get((st, c), []), key, digits, len(seeds)) for c in cs]
                 lines.append(f"| {st} | " + " | ".join(row) + " |")
             lines.append("")
         lines += [

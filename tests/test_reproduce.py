@@ -60,6 +60,27 @@ def test_throughput_skips_the_time_a_run_was_stopped():
     assert math.isnan(reproduce.tokens_per_second(logged[:1], tokens_per_step=100))
 
 
+def test_summary_marks_sweep_cells_with_fewer_seeds():
+    grid = reproduce.build_grid(["paper", "sweep"], [10])
+
+    def row(run: str, seed: int, loss: float) -> dict:
+        return {
+            "run": run, "seed": seed, "machine": "test", "final_val_loss": loss, "best_val_loss": loss,
+            "final_val_ppl": math.exp(loss), "mean_stable_rank": 10.0, "stored_params": 100, "pct_of_dense": 10.0,
+            "tokens_per_s": 1.0,
+        }  # fmt: skip
+
+    rows = [row("dense", 0, 1.5), row("dense", 1, 1.7), row("dct_random_c10", 0, 2.0), row("lowrank_c10", 0, 2.2)]
+    rows.append(row("lowrank_c10", 1, 2.4))
+    md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    sweep = md.split("## Sweep: final val loss")[1].split("##")[0]
+    lines = [line for line in sweep.splitlines()[4:] if line]
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |") for line in lines}
+    assert cells == {"dct random": "2.000 (n = 1)", "lowrank": "2.300 ± 0.141"}
+    assert "| dense | dense | 100 | 10.0% | 1.600 ± 0.141 |" in md
+    assert "seeds 0, 1; mean ± std over seeds ((n = k): a cell with only k of them)" in md
+
+
 def test_bad_debug_size_is_rejected():
     with pytest.raises(SystemExit, match="n_lyer"):
         reproduce.debug_overrides("n_lyer=2")
