@@ -40,9 +40,13 @@ from spectral_lightning.module import NonFiniteLossError, SpectralLM
 from spectral_lightning.parse_errors import SpectralArgumentParser
 
 
-def default_precision() -> str:
-    """bf16 autocast on GPUs that support it, full float32 elsewhere (CPU, older GPUs)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+def default_precision(accelerator: object = "auto") -> str:
+    """The precision of a run that does not set ``trainer.precision``: bf16 autocast when it trains on a GPU that
+    supports it (``accelerator`` ``auto`` with such a GPU present, or ``gpu``/``cuda``), full float32 elsewhere
+    (CPU, older GPUs, other accelerators)."""
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower()
+    on_gpu = name in ("auto", "gpu", "cuda", "cudaaccelerator")
+    if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
 
@@ -236,7 +240,13 @@ class SpectralCLI(LightningCLI):
         # The vocabulary exists right after the DataModule's __init__; it travels into the model's hparams.
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
         parser.link_arguments("data.block_size", "model.block_size")
-        parser.set_defaults({"trainer.precision": default_precision()})
+
+    def before_instantiate_classes(self) -> None:
+        # trainer.precision left unset (null) follows the accelerator the run uses: a CPU run on a GPU machine
+        # stays in float32. Resolved here, so the config.yaml saved with the run names the precision it used.
+        trainer = self.config.get(str(self.subcommand), self.config).get("trainer")
+        if trainer is not None and trainer.get("precision") is None:
+            trainer["precision"] = default_precision(trainer.get("accelerator", "auto"))
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         # SpectralArgumentParser reports a bad option in one line naming where it was given: it needs the args.

@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, make_text
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from spectral_lightning.cli import cli_main
+from spectral_lightning.cli import cli_main, default_precision
 
 ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Add-ons (ddp.yaml, fast.yaml, ...) open with "# Add-on:" and are stacked after an experiment config.
@@ -78,11 +78,29 @@ def test_config_parses_and_holds_the_shared_budget(
     assert isinstance(cfg["seed_everything"], int) and not isinstance(cfg["seed_everything"], bool)
     assert trainer["max_steps"] == 5000
     assert data["batches_per_epoch"] * trainer["check_val_every_n_epoch"] == 500  # validation every 500 steps
-    assert trainer["precision"] == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    assert trainer["precision"] is None  # left to cli.py, which follows the accelerator (below)
     assert trainer["logger"]["class_path"].endswith("TensorBoardLogger")
     (ckpt,) = [c for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
     assert ckpt["init_args"]["monitor"] == "val/loss" and ckpt["init_args"]["mode"] == "min"
     assert ckpt["init_args"]["save_last"] is True and ckpt["init_args"]["save_top_k"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "bf16_gpu", "expected"),
+    [("auto", True, "bf16-mixed"), ("gpu", True, "bf16-mixed"), ("cpu", True, "32-true"), ("auto", False, "32-true")],
+)
+def test_unset_precision_follows_the_accelerator(
+    accelerator: str, bf16_gpu: bool, expected: str, tiny_text: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bf16_gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    assert default_precision(accelerator) == expected
+    if accelerator == "cpu":  # a CPU run on a bf16-capable GPU machine stays float32 unless asked otherwise
+        base = ["--config", str(REPO / "configs" / "dct4x.yaml"), "--data.path", str(tiny_text)]
+        cli = cli_main([*base, "--trainer.accelerator", "cpu", "--trainer.logger", "false"], run=False)
+        assert cli.trainer.precision == "32-true" and cli.config.trainer.precision == "32-true"
+        args = [*base, "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.precision", "bf16-mixed"]
+        assert cli_main(args, run=False).trainer.precision == "bf16-mixed"  # an explicit choice is kept
 
 
 @pytest.mark.parametrize("addon", ADDONS, ids=lambda c: c.stem)
@@ -137,6 +155,8 @@ def test_debug_fit_writes_checkpoints_and_events_then_validates_and_tests(config
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 20
     assert (run_dir / "config.yaml").is_file() and (run_dir / "hparams.yaml").is_file()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["trainer"]["precision"] == "32-true"  # the precision the CPU run used, not null
     assert list(run_dir.glob("events.out.tfevents.*"))
     logged = scalars(run_dir)
     assert {"train/loss", "val/loss", "val/ppl"} <= logged.keys(), sorted(logged)
