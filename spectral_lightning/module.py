@@ -39,9 +39,11 @@ class SpectralLM(L.LightningModule):
         dropout: dropout probability in [0, 1).
         bias: biases in linears and LayerNorms.
         parameterization: how the selected linears store their weights: a registered name (``dense``,
-            ``dct``, ``lowrank``, or your own) or ``class_path``/``init_args`` with options.
+            ``dct``, ``lowrank``, ``random_basis``, or your own) or ``class_path``/``init_args`` with options
+            (``--model.parameterization.help DCT`` lists a strategy's options; it takes the class name).
         parameterize: module-name patterns (fnmatch) of the linears to parameterize; the rest stay dense.
-            None = the four linears of every block. Add ``lm_head`` to compress the LM head too.
+            Default (or None): the four linears of every block; ``--model.parameterize+ lm_head`` adds the LM
+            head to them.
         lr: peak learning rate of AdamW (> 0).
         betas: AdamW betas.
         weight_decay: decoupled weight decay on weights/coefficients/factors (not biases, norms, embeddings).
@@ -72,7 +74,7 @@ class SpectralLM(L.LightningModule):
         dropout: float = 0.0,
         bias: bool = True,
         parameterization: Parameterization | str = "dense",
-        parameterize: list[str] | None = None,
+        parameterize: list[str] | None = list(BLOCK_LINEARS),  # noqa: B006 (copied below, never mutated)
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.1,
@@ -84,8 +86,7 @@ class SpectralLM(L.LightningModule):
         batch_reconstruction: bool = False,
         init_from: str | None = None,
     ) -> None:
-        if parameterize is None:
-            parameterize = list(BLOCK_LINEARS)
+        parameterize = list(BLOCK_LINEARS if parameterize is None else parameterize)
         super().__init__()
         self.save_hyperparameters()
         if isinstance(parameterization, Parameterization):

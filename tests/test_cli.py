@@ -21,6 +21,7 @@ ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Add-ons (ddp.yaml, fast.yaml, ...) open with "# Add-on:" and are stacked after an experiment config.
 ADDONS = [c for c in ALL_CONFIGS if c.read_text(encoding="utf-8").startswith("# Add-on")]
 CONFIGS = [c for c in ALL_CONFIGS if c not in ADDONS]
+BLOCK_NAMES = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
 PAPER_CONFIGS = {"dct2x", "dct4x", "dense", "lowrank", "lowrank48"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -101,6 +102,13 @@ def test_unset_precision_follows_the_accelerator(
         assert cli.trainer.precision == "32-true" and cli.config.trainer.precision == "32-true"
         args = [*base, "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.precision", "bf16-mixed"]
         assert cli_main(args, run=False).trainer.precision == "bf16-mixed"  # an explicit choice is kept
+
+
+def test_appending_lm_head_extends_the_default_patterns(tiny_text: Path) -> None:
+    args = ["--config", str(REPO / "configs" / "dct4x.yaml"), "--data.path", str(tiny_text)]
+    args += ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--model.parameterize+", "lm_head"]
+    gpt = cli_main(args, run=False).model.model
+    assert gpt.parameterized == [f"blocks.{i}.{n}" for i in range(4) for n in BLOCK_NAMES] + ["lm_head"]
 
 
 @pytest.mark.parametrize("addon", ADDONS, ids=lambda c: c.stem)
