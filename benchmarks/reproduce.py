@@ -21,6 +21,10 @@ Outputs (each written through a temporary file and a rename):
 * ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per strategy
   (needs matplotlib).
 
+The two summaries keep these names for the paper's budget (5,000 steps, 100 warm-up steps, no size overrides);
+any other budget writes ``summary-<tag>.md`` and ``.png`` (``<tag>`` as in the run folders, e.g.
+``steps500-warmup50``), so a short or debug-size grid never overwrites the full-budget report.
+
 Examples::
 
     # the paper table and the full sweep, 5,000 steps, 3 seeds, 4 runs at a time on one GPU
@@ -227,6 +231,11 @@ class Budget:
         if self.extra:
             tag += "-" + hashlib.sha1(" ".join(self.extra).encode()).hexdigest()[:8]
         return tag
+
+
+def summary_stem(budget: Budget) -> str:
+    """``summary`` for the paper's budget (5,000 steps, default warm-up, no overrides), else ``summary-<tag>``."""
+    return "summary" if budget.tag == "steps5000" else f"summary-{budget.tag}"
 
 
 def run_dir(out: Path, spec: RunSpec, seed: int, budget: Budget) -> Path:
@@ -655,17 +664,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def write_reports(out: Path, budget: Budget, seeds: Sequence[int], command: str) -> None:
-    """``runs.csv`` (every finished run), ``summary.md`` and ``summary.png`` (this budget's runs of ``seeds``)."""
+    """``runs.csv`` (every finished run), the summary markdown and plot (this budget's runs of ``seeds``)."""
     rows = all_rows(out) if (out / "runs").is_dir() else []
     current = [r for r in rows if r["tag"] == budget.tag and r["seed"] in seeds]
     if not current:
         raise SystemExit(f"error: no finished run of budget {budget.tag} and seeds {list(seeds)} under {out / 'runs'}")
     write_csv(out / "runs.csv", rows)
-    atomic_write_text(
-        out / "summary.md", summary_markdown(current, build_grid(("paper", "sweep"), _cs(rows)), budget, command)
-    )
-    summary_plot(out / "summary.png", current, budget)
-    print(f"wrote {out / 'runs.csv'}, {out / 'summary.md'}, {out / 'summary.png'}")
+    md, png = (out / f"{summary_stem(budget)}{ext}" for ext in (".md", ".png"))
+    atomic_write_text(md, summary_markdown(current, build_grid(("paper", "sweep"), _cs(rows)), budget, command))
+    summary_plot(png, current, budget)
+    print(f"wrote {out / 'runs.csv'}, {md}, {png}")
 
 
 def _cs(rows: list[dict]) -> list[float]:

@@ -118,13 +118,18 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert row["command"].startswith("cli.py fit --config configs/")
         assert (Path(row["run_dir"]) / "checkpoints" / "last.ckpt").is_file()
 
-    summary = (out / "summary.md").read_text()
+    # A toy budget writes its own summary; only the paper's 5,000-step budget writes summary.md.
+    (summary_md,) = out.glob("summary*.md")
+    assert summary_md.name.startswith("summary-steps2-warmup0-")  # + the hash of the size and data overrides
+    assert reproduce.summary_stem(reproduce.Budget(5000, "cpu", ())) == "summary"
+    summary_png = summary_md.with_suffix(".png")
+    summary = summary_md.read_text()
     table = [line for line in summary.splitlines() if line.startswith("| dense |") or line.startswith("| dct4x |")]
     assert len(table) == 2
     assert "1.580" in table[0] and "6.1 (100%)" in table[0]  # the paper's numbers beside ours
     assert f"{float(rows['dense']['final_val_loss']):.3f}" in table[0]
     assert "Sweep" not in summary  # only the paper group was run
-    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Rerunning does not redo finished runs: no new training command, same metrics files.
     logs = {p: p.read_bytes() for p in out.glob("runs/*/*/train.log")}
@@ -140,13 +145,13 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     # --report-only rebuilds the reports from the finished runs and trains nothing (e.g. after a grid was cut
     # short, or on results copied from another machine); with no finished run of the budget it says so.
-    (out / "summary.md").unlink()
+    summary_md.unlink()
     (out / "runs.csv").unlink()
     capsys.readouterr()
     assert reproduce.main([*argv, "--report-only"]) == 0
     assert "[" not in capsys.readouterr().out  # no run line: nothing trained or skipped
     assert {p: p.read_bytes() for p in logs} == logs
-    assert (out / "summary.md").read_text() == summary  # the recorded command is the training one
+    assert summary_md.read_text() == summary  # the recorded command is the training one
     with open(out / "runs.csv", newline="") as f:
         assert sorted(r["run"] for r in csv.DictReader(f)) == ["dct4x", "dense"]
     with pytest.raises(SystemExit, match="no finished run of budget steps7"):
