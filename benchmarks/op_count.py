@@ -11,6 +11,7 @@ small batch, since sizes do not change the count), and among them the matrix pro
 
 from __future__ import annotations
 
+import argparse
 import collections
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def count(spec: object, batched: bool) -> collections.Counter:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help; no options
     torch.set_num_threads(1)
     print("| config | reconstruction | aten ops / step | matrix products | stack/scatter copies |")
     print("|---|---|---:|---:|---:|")

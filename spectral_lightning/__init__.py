@@ -1,6 +1,7 @@
 """spectral_lightning: train transformers whose linear weights live in a compressed form.
 
-Importing the package registers the built-in parameterizations (``dense``, ``dct``, ``lowrank``).
+Importing the package registers the built-in parameterizations (``dense``, ``dct``, ``lowrank``,
+``random_basis``).
 """
 
 from spectral_lightning.data import CharDataModule, CharTokenizer
@@ -13,6 +14,7 @@ from spectral_lightning.parameterizations import (
     LowRank,
     Parameterization,
     ParameterizedLinear,
+    RandomBasis,
     available,
     register,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "LowRank",
     "Parameterization",
     "ParameterizedLinear",
+    "RandomBasis",
     "SpectralLM",
     "available",
     "register",

@@ -12,8 +12,8 @@ ParameterTable         at fit start: a rich table of every parameterized linear 
                        and the same table as TensorBoard text (``model/parameters``)
 ScalarLayout           TensorBoard custom-scalars layout: train and val loss on one chart, val ppl, lr, tokens/s,
                        stable ranks
-HParamsSummary         the hparams tab: every hyperparameter plus ``hparams/val_loss``, ``hparams/val_ppl`` and
-                       ``hparams/stored_ratio``, rewritten after each validation
+HParamsSummary         the hparams tab: every hyperparameter plus ``hparams/val_loss``, ``hparams/val_ppl``,
+                       ``hparams/stored_ratio`` and ``hparams/stored_params``, rewritten after each validation
 TextSamples            ``samples`` text: continuations of a fixed prompt with a fixed seed after each validation
 SpectrumMonitor        per parameterized layer, every N validations: ``spectrum/<layer>`` image of the 2-D DCT
                        energy over the m×n frequency plane, ``stable_rank/<layer>`` scalar, ``coefficients/<layer>``
@@ -319,9 +319,10 @@ class HParamsSummary(L.Callback):
 
     After every validation (not the sanity check) the run's hyperparameters (model and data options, the
     parameterization's options, ``trainer/max_steps``, ``trainer/precision``, ``trainer/world_size``) are
-    written with three metrics: ``hparams/val_loss`` and ``hparams/val_ppl`` (the latest validation, hence
-    the final one once training ends) and ``hparams/stored_ratio`` (model parameters / dense model
-    parameters). Configs set ``default_hp_metric: false`` so no ``hp_metric = -1`` placeholder is written.
+    written with four metrics: ``hparams/val_loss`` and ``hparams/val_ppl`` (the latest validation, hence
+    the final one once training ends), ``hparams/stored_ratio`` (model parameters / dense model
+    parameters) and ``hparams/stored_params`` (model parameters). Configs set ``default_hp_metric: false``
+    so no ``hp_metric = -1`` placeholder is written.
 
     Args:
         loss_key: the validation loss metric to report.
@@ -557,11 +558,6 @@ class SpectrumMonitor(L.Callback):
         self._validations = int(state_dict.get("validations", 0))
 
 
-def default_callbacks() -> list[L.Callback]:
-    """The dashboard callbacks with their default options (what the configs list)."""
-    return [ThroughputMonitor(), ParameterTable(), ScalarLayout(), HParamsSummary(), TextSamples(), SpectrumMonitor()]
-
-
 __all__ = [
     "HParamsSummary",
     "LayerRow",
@@ -571,7 +567,6 @@ __all__ = [
     "SpectrumMonitor",
     "TextSamples",
     "ThroughputMonitor",
-    "default_callbacks",
     "markdown_table",
     "parameter_report",
     "parameter_table",

@@ -2,7 +2,7 @@
 
 Reads any checkpoint kind (a Lightning ``.ckpt``, a compressed or a dense export); the vocabulary comes from
 the file. By default the linears are materialized once into a dense copy of the model before sampling
-(``--materialize false`` samples with the stored parameterization, whose layers cache their weight while
+(``--materialize_weights false`` samples with the stored parameterization, whose layers cache their weight while
 autograd is off, so they are also reconstructed once). Tokens are streamed as they come when stdout is a
 terminal (``--stream``), whole samples are printed otherwise; the output text is the same either way.
 
@@ -145,7 +145,7 @@ def generate_command(
         prompt: text to continue; every character must be in the model's vocabulary (empty: start from a
             newline).
         max_new_tokens: characters to sample per sample (>= 0).
-        temperature: softmax temperature (> 0; lower is more conservative; 0 = greedy argmax).
+        temperature: softmax temperature (>= 0; lower is more conservative; 0 = greedy argmax).
         top_k: sample only among the k most likely characters (>= 1); null for no cut-off.
         seed: seed of sample 0 (sample i uses seed + i); null for a different result at each run.
         num_samples: how many independent samples to print (>= 1), separated by a line of dashes.

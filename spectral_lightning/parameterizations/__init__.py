@@ -1,14 +1,16 @@
 """Weight parameterizations: how each linear layer stores its m×n weight W.
 
-=========  ==========================  =====================================
-name       W                           stored values
-=========  ==========================  =====================================
-dense      W                           m·n
-dct        C_mᵀ X C_n, X K-sparse      K = round(mn / c) (lowpass: a·b ≈ K)
-lowrank    B·A, B m×r, A r×n           r·(m + n)
-=========  ==========================  =====================================
+============  ==========================  =====================================
+name          W                           stored values
+============  ==========================  =====================================
+dense         W                           m·n
+dct           C_mᵀ X C_n, X K-sparse      K = round(mn / c) (lowpass: a·b ≈ K)
+lowrank       B·A, B m×r, A r×n           r·(m + n)
+random_basis  Q_mᵀ X Q_n, X K-sparse      K = round(mn / c)
+============  ==========================  =====================================
 
-C_m is the orthonormal m×m DCT-II matrix. Add your own with one class and one ``@register("name")`` line.
+C_m is the orthonormal m×m DCT-II matrix; Q_m, Q_n are fixed random orthogonal matrices drawn from a seed
+(``random_basis``: the paper v2's control). Add your own with one class and one ``@register("name")`` line.
 """
 
 from __future__ import annotations
