@@ -37,7 +37,8 @@ from spectral_lightning.parameterizations import (
     unregister,
 )
 from spectral_lightning.parameterizations.base import check_std
-from spectral_lightning.parameterizations.random_basis import RandomBasis
+from spectral_lightning.parameterizations.dct import select_positions, zigzag_order
+from spectral_lightning.parameterizations.random_basis import RandomBasis, random_orthogonal
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:
@@ -304,10 +305,63 @@ def test_rank_of_each_selection_at_c10() -> None:
     zigzag, stored = rank("zigzag")
     assert stored == k
     assert zigzag <= d + 1
+    # Diagonals 0..55 hold 1596 positions; the other 42 run up diagonal 56 from (56, 0) to (15, 41). X spans
+    # rows 0..56 but only columns 0..55, so rank 56 (a row-major order would fill a 13-row block: rank 13).
+    assert zigzag == 56
     # random positions leave no structural cap: full rank.
     random, stored = rank("random")
     assert stored == k
     assert random == 128
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "expected"),
+    [
+        # JPEG order written out by hand: (0,0) (0,1) (1,0) (2,0) (1,1) (0,2) (0,3) (1,2) (2,1) (3,0) ...
+        (4, 4, [0, 1, 4, 8, 5, 2, 3, 6, 9, 12, 13, 10, 7, 11, 14, 15]),
+        (3, 3, [0, 1, 3, 6, 4, 2, 5, 7, 8]),
+        # 2×3: (0,0) | (0,1) (1,0) | (1,1) (0,2) | (1,2): a diagonal that leaves the matrix is cut, not skipped
+        (2, 3, [0, 1, 3, 4, 2, 5]),
+    ],
+)
+def test_zigzag_order_is_jpeg_order(m: int, n: int, expected: list[int]) -> None:
+    assert zigzag_order(m, n).tolist() == expected
+    assert select_positions(m, n, 4, "zigzag", 0).tolist() == sorted(expected[:4])
+
+
+def test_random_selection_and_random_basis_depend_on_their_seed() -> None:
+    # The DCT's random positions: a pure function of (shape, seed), different for another seed.
+    a, b = select_positions(64, 32, 200, "random", 0), select_positions(64, 32, 200, "random", 1)
+    assert torch.equal(a, select_positions(64, 32, 200, "random", 0)) and not torch.equal(a, b)
+    assert len(set(a.tolist())) == 200 and int(a.max()) < 64 * 32
+    # random_basis: Haar-random orthogonal bases (QR of a Gaussian, signs fixed by diag R > 0), not the DCT, one
+    # per side and seed; its positions are the DCT random selection with the same seed.
+    layer = RandomBasis(k=200, seed=3).build(32, 64)
+    q_out, q_in = layer.basis("out"), layer.basis("in")
+    assert q_out.shape == (64, 64) and q_in.shape == (32, 32)
+    for q in (q_out, q_in):
+        assert torch.allclose(q @ q.T, torch.eye(len(q), dtype=torch.float64), atol=1e-12)
+        assert not torch.allclose(q.abs(), dct_matrix(len(q)).abs(), atol=0.1)
+    g = torch.randn(32, 32, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    assert torch.allclose(random_orthogonal(32, 11), q * torch.sign(torch.diagonal(r)), atol=1e-12)
+    other = RandomBasis(k=200, seed=4).build(32, 64)
+    assert not torch.allclose(other.basis("in"), q_in, atol=0.1)
+    assert torch.equal(RandomBasis(k=200, seed=3).build(32, 64).basis("in"), q_in)  # rebuilt identically
+    assert not torch.allclose(RandomBasis(k=200, seed=3).build(32, 32).basis("in"), q_in, atol=0.1)  # per shape
+    rows, cols = select_positions(64, 32, 200, "random", 3) // 32, select_positions(64, 32, 200, "random", 3) % 32
+    assert torch.equal(layer.positions, rows * layer.cb + cols)
+
+
+def test_lowrank_load_dense_is_the_best_rank_r_approximation() -> None:
+    # Eckart–Young: the truncated SVD's error is the energy of the dropped singular values, and the two factors
+    # share the singular values evenly (‖B‖_F = ‖A‖_F), so weight decay treats them alike.
+    w = torch.randn(96, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    s = torch.linalg.svdvals(w)
+    layer = LowRank(rank=10).build(64, 96).double().load_dense_(w)
+    err = float((layer.weight.detach() - w).norm())
+    assert err == pytest.approx(float(s[10:].square().sum().sqrt()), rel=1e-9)
+    assert float(layer.B.detach().norm()) == pytest.approx(float(layer.A.detach().norm()), rel=1e-9)
 
 
 # -- a strategy defined right here, registered, and trained through the model ----------------------------------
