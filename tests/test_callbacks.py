@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from spectral_lightning import DCT, GPT, CharDataModule, Dense, GPTConfig, LowRank, SpectralLM
+from spectral_lightning import DCT, GPT, CharDataModule, Dense, GPTConfig, LowRank, SpectralLM, callbacks
 from spectral_lightning.callbacks import (
     HParamsSummary,
     ParameterTable,
@@ -133,6 +134,39 @@ def test_invalid_options_raise_config_errors() -> None:
         TextSamples(prompt="axy").on_fit_start(None, module)
 
 
+def test_throughput_monitor_rate_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """B·T tokens per (B, T + 1) batch, times the world size, over the interval's time; restarted after
+    validation so evaluation time is not charged; logged at Lightning's logging step."""
+    clock = iter([10.0, 12.0, 100.0, 100.5])  # start, end of interval 1; start, end of interval 2
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    logged, bar = [], []
+    logger = types.SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
+    loop = types.SimpleNamespace(_batches_that_stepped=4)
+    trainer = types.SimpleNamespace(
+        world_size=2,
+        is_global_zero=True,
+        loggers=[logger],
+        fit_loop=types.SimpleNamespace(epoch_loop=loop),
+        global_step=-1,
+    )
+    module = types.SimpleNamespace(
+        device=torch.device("cpu"), log=lambda name, value, **kw: bar.append((name, value, kw["prog_bar"]))
+    )
+    monitor = ThroughputMonitor(interval=2)
+    batch = torch.zeros(8, 17, dtype=torch.long)  # B = 8 windows of T + 1 = 17: 8·16 = 128 trained tokens
+    for i in range(2):
+        monitor.on_train_batch_start(trainer, module, batch, i)
+        monitor.on_train_batch_end(trainer, module, None, batch, i)
+    monitor.on_validation_end(trainer, module)  # 88 s of validation pass here, uncounted
+    loop._batches_that_stepped = 6
+    for i in range(2):
+        monitor.on_train_batch_start(trainer, module, batch, i)
+        monitor.on_train_batch_end(trainer, module, None, batch, i)
+    rate1, rate2 = 2 * 128 * 2 / 2.0, 2 * 128 * 2 / 0.5  # two batches × 128 tokens × 2 devices / seconds
+    assert logged == [(4, {"train/tokens_per_sec": rate1}), (6, {"train/tokens_per_sec": rate2})]
+    assert bar == [("train/tokens_per_sec", rate1, True), ("train/tokens_per_sec", rate2, True)]
+
+
 # -- tiny fits ---------------------------------------------------------------------------------------------
 
 
@@ -219,10 +253,8 @@ def test_tiny_fit_writes_the_dashboard(text_file: Path, tmp_path: Path) -> None:
 
     train_loss, val_loss = scalars(accs, "train/loss"), scalars(accs, "val/loss")
     assert len(train_loss) == 8 and all(math.isfinite(v) for _, v in train_loss)
-    assert [s for s, _ in val_loss] == [
-        3,
-        7,
-    ]  # Lightning logs validation after step k at k - 1 and all(math.isfinite(v) for _, v in val_loss)
+    assert [s for s, _ in val_loss] == [3, 7]  # Lightning logs validation after step k at k - 1
+    assert all(math.isfinite(v) for _, v in val_loss)
     assert all(v > 1.0 for _, v in scalars(accs, "val/ppl"))
     rates = scalars(accs, "train/tokens_per_sec")
     assert rates and all(v > 0 for _, v in rates)

@@ -64,6 +64,28 @@ def test_streamed_output_equals_whole_samples(ckpt: Path) -> None:
     assert streamed.writes >= 2 * 15 and whole.writes == 2
 
 
+def test_greedy_and_top_k_follow_the_model_logits(ckpt: Path) -> None:
+    model, tokenizer = load_model(ckpt)
+    model.eval()
+    # Greedy (temperature 0) is the step-by-step argmax of the model's own logits; top_k = 1 samples the same.
+    idx = torch.tensor([tokenizer.encode("the ")])
+    with torch.no_grad():
+        for _ in range(12):
+            idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    expected = tokenizer.decode(idx[0].tolist())
+    assert generate(model, tokenizer, "the ", 12, temperature=0.0, seed=None)[0] == expected
+    assert generate(model, tokenizer, "the ", 12, temperature=1.5, top_k=1, seed=3)[0] == expected
+    # top_k = 3: every sampled token is among the 3 most likely after its own context.
+    prompt = torch.tensor([tokenizer.encode("a")])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        tokens = torch.cat([prompt.expand(64, 1), *model.generate(prompt.expand(64, 1), 6, 1.0, 3, gen)], dim=1)
+        for t in range(1, tokens.size(1)):
+            top3 = model(tokens[:, :t])[:, -1].topk(3).indices  # (64, 3)
+            assert (top3 == tokens[:, t : t + 1]).any(dim=1).all()
+    assert len(set(tokens[:, 1].tolist())) > 1  # it did sample (not argmax only)
+
+
 @pytest.mark.parametrize("materialize", ["true", "false"])
 def test_each_layer_is_reconstructed_once_per_generation(ckpt: Path, materialize: str, monkeypatch, capsys) -> None:
     calls: Counter[int] = Counter()

@@ -111,7 +111,9 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
     for row in rows.values():
         assert row["seed"] == "3" and row["steps"] == "2" and row["accelerator"] == "cpu"
         final, best = float(row["final_val_loss"]), float(row["best_val_loss"])
-        assert best <= final < math.log(vocab) + 0.5  # a real loss, close to uniform after 2 steps
+        # Trained: at this init the loss starts at ln V (uniform; first train loss 2.84-2.85 for ln V = 2.83) and
+        # two steps at lr 1e-3 bring val loss to about 2.75; an untrained model cannot get 0.03 below ln V.
+        assert best <= final < math.log(vocab) - 0.03
         assert float(row["final_val_ppl"]) == pytest.approx(math.exp(final), rel=1e-3)
         assert 1.0 <= float(row["mean_stable_rank"]) <= 32.0
         assert float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) > 0
