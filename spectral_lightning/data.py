@@ -173,6 +173,8 @@ class ValWindows(Dataset):
         return (len(self.data) - 1) // self.block_size
 
     def __getitem__(self, i: int) -> Tensor:
+        if not 0 <= i < len(self):  # also ends iteration (list(windows)): slices past the end would be empty
+            raise IndexError(f"window {i} out of range for {len(self)} windows")
         return self.data[i * self.block_size : (i + 1) * self.block_size + 1]  # (T + 1,)
 
 

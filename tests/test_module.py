@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, make_text
+from conftest import REPO, make_text, quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from spectral_lightning import CharDataModule, ParameterizedLinear, SpectralLM
@@ -306,3 +306,23 @@ def test_load_from_checkpoint_written_by_cli(
     torch.testing.assert_close(loaded(idx), cli.model(idx), rtol=0, atol=0)
     sample = loaded.generate("the ", max_new_tokens=8, seed=0)[0]
     assert sample.startswith("the ") and len(sample) == 12 and set(sample) <= set(text)
+
+
+def test_predict_returns_each_validation_window_loss(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text(make_text(6_000), encoding="utf-8")
+    dm = CharDataModule(path=str(tmp_path / "t.txt"), block_size=16, batch_size=8, val_fraction=0.1)
+    L.seed_everything(0)
+    module = SpectralLM(vocab=dm.vocab, block_size=16, parameterization=DCT(compression=4), **TINY)
+    trainer = quiet_trainer(max_steps=5, limit_val_batches=None)
+    trainer.fit(module, dm)
+    per_window = torch.cat(trainer.predict(module, datamodule=dm))  # (windows,)
+    windows = torch.stack(list(dm.predict_dataloader().dataset))  # (windows, T + 1): the same order
+    assert per_window.shape == (len(windows),) and len(windows) > 8  # more than one batch
+    module.eval()
+    with torch.no_grad():
+        logits = module(windows[:, :-1])
+    by_hand = torch.stack([torch.nn.functional.cross_entropy(lg, w[1:]) for lg, w in zip(logits, windows, strict=True)])
+    torch.testing.assert_close(per_window, by_hand, rtol=1e-5, atol=1e-6)
+    # Every window has T targets, so their mean is the validation loss.
+    (val,) = trainer.validate(module, datamodule=dm, verbose=False)
+    assert float(per_window.mean()) == pytest.approx(val["val/loss"], rel=1e-5)
