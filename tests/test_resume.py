@@ -165,7 +165,9 @@ def test_sigint_in_the_cli_process_saves_and_resume_is_exact(uninterrupted: dict
     saved = folder / "runs/exp/version_0/checkpoints/last.ckpt"
     assert load(saved)["global_step"] == 5
 
-    assert fit(folder, "--ckpt_path", str(saved)) == 0
+    # Resumed under another seed_everything: the dropout masks follow the run's seed saved in the checkpoint
+    # (data.seed is fixed), so the result is still bit-identical; a seed taken afresh would change it.
+    assert fit(folder, "--ckpt_path", str(saved), "--seed_everything", "2") == 0
     assert_same_run(uninterrupted, load(folder / "runs/exp/version_1/checkpoints/last.ckpt"))
 
 
