@@ -213,6 +213,9 @@ def debug_overrides(text: str | None) -> list[str]:
     return out
 
 
+PAPER_STEPS = 5000  # the paper's budget: the default, and the one whose reports are summary.md / summary.png
+
+
 @dataclass(frozen=True)
 class Budget:
     """What every run shares: steps, accelerator and the extra (debug) options."""
@@ -235,7 +238,8 @@ class Budget:
 
 def summary_stem(budget: Budget) -> str:
     """``summary`` for the paper's budget (5,000 steps, default warm-up, no overrides), else ``summary-<tag>``."""
-    return "summary" if budget.tag == "steps5000" else f"summary-{budget.tag}"
+    paper = Budget(PAPER_STEPS, budget.device, ())
+    return "summary" if budget.tag == paper.tag else f"summary-{budget.tag}"
 
 
 def run_dir(out: Path, spec: RunSpec, seed: int, budget: Budget) -> Path:
@@ -563,7 +567,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=5000, help="training steps of every run (default 5000)")
+    parser.add_argument(
+        "--steps", type=int, default=PAPER_STEPS, help=f"training steps of every run (default {PAPER_STEPS})"
+    )
     parser.add_argument(
         "--warmup",
         type=int,
