@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 import pickle
 import signal
@@ -29,7 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
@@ -235,6 +236,21 @@ def check_writable(option: str, path: str | Path) -> None:
         )
 
 
+def _is_progress_bar(callback: Any) -> bool:
+    """Whether a callback entry of a parsed config (``class_path`` namespace or instance) is a progress bar."""
+    if isinstance(callback, Callback):
+        return isinstance(callback, ProgressBar)
+    class_path = getattr(callback, "class_path", None)
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # not importable: left for instantiation to report
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
 class SpectralCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
         # The vocabulary exists right after the DataModule's __init__; it travels into the model's hparams.
@@ -247,6 +263,10 @@ class SpectralCLI(LightningCLI):
         trainer = self.config.get(str(self.subcommand), self.config).get("trainer")
         if trainer is not None and trainer.get("precision") is None:
             trainer["precision"] = default_precision(trainer.get("accelerator", "auto"))
+        # The configs list RichProgressBar among their callbacks; `--trainer.enable_progress_bar false` (e.g. for
+        # a run logged to a file) means "no bar", not Lightning's error about the conflict, so drop it here.
+        if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            trainer["callbacks"] = [cb for cb in trainer["callbacks"] if not _is_progress_bar(cb)]
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         # SpectralArgumentParser reports a bad option in one line naming where it was given: it needs the args.

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, make_text
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from spectral_lightning.cli import cli_main, default_precision
@@ -102,6 +103,19 @@ def test_unset_precision_follows_the_accelerator(
         assert cli.trainer.precision == "32-true" and cli.config.trainer.precision == "32-true"
         args = [*base, "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.precision", "bf16-mixed"]
         assert cli_main(args, run=False).trainer.precision == "bf16-mixed"  # an explicit choice is kept
+
+
+def test_disabling_the_progress_bar_drops_the_configs_bar(tiny_text: Path) -> None:
+    # The configs list RichProgressBar; `--trainer.enable_progress_bar false` must mean "no bar", not a
+    # Lightning error about the conflict. The other callbacks stay.
+    args = ["--config", str(REPO / "configs" / "dct4x.yaml"), "--data.path", str(tiny_text)]
+    args += ["--trainer.accelerator", "cpu", "--trainer.logger", "false"]
+    with_bar = cli_main(args, run=False).trainer
+    without = cli_main([*args, "--trainer.enable_progress_bar", "false"], run=False).trainer
+    assert isinstance(with_bar.progress_bar_callback, RichProgressBar) and without.progress_bar_callback is None
+    assert not any(isinstance(cb, ProgressBar) for cb in without.callbacks)
+    kept = {type(cb) for cb in with_bar.callbacks if not isinstance(cb, ProgressBar)}
+    assert kept == {type(cb) for cb in without.callbacks} and len(kept) >= 8
 
 
 def test_appending_lm_head_extends_the_default_patterns(tiny_text: Path) -> None:
