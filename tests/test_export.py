@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import lightning as L
@@ -238,3 +239,37 @@ def test_cli_validate_with_init_from_evaluates_the_projected_model(
     logged = float(cli.trainer.callback_metrics["val/loss"])
     assert logged == pytest.approx(val_loss(expected, datamodule), rel=1e-6)
     assert logged > val_loss(load_module(dense_ckpt), datamodule)  # the projection loses something
+
+
+def test_projection_benchmark_reports_kept_energy_and_val_loss(
+    dense_ckpt: Path, datamodule: CharDataModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``benchmarks/projection.py``: a config at full capacity keeps all of the source (energy 1, the dense
+    val loss); a lowpass c = 4 block keeps a share in (0, 1) equal to 1 − ‖residual‖²/‖W‖² (orthogonal
+    projection), averaged over the block linears."""
+    spec = importlib.util.spec_from_file_location("projection", REPO / "benchmarks" / "projection.py")
+    projection = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(projection)
+    full = tmp_path / "full.yaml"
+    full.write_text("model:\n  parameterization:\n    class_path: dct\n    init_args: {compression: 1}\n")
+    quarter = tmp_path / "quarter.yaml"
+    quarter.write_text("model:\n  parameterization:\n    class_path: dct\n    init_args: {compression: 4}\n")
+    args = ["--ckpt_path", str(dense_ckpt), "--configs", str(full), str(quarter), "--val"]
+    projection.main([*args, "--data-path", datamodule.hparams.path])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    table = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows[1:]}
+    assert set(table) == {"full", "quarter"}
+
+    dense = load_module(dense_ckpt)
+    assert table["full"][:4] == ["100.0%", "1.000", "1.000", "1.000"]
+    assert float(table["full"][4]) == pytest.approx(val_loss(dense.model, datamodule), abs=1e-3)
+
+    module = SpectralLM(vocab=dense.hparams.vocab, **TINY, parameterization={"class_path": "dct"})
+    init_from_checkpoint(module, dense_ckpt)
+    shares = []
+    for name in module.model.parameterized:
+        w, r = dense.model.get_submodule(name).weight, module.model.get_submodule(name).weight
+        shares.append(float(1 - (w - r).detach().square().sum() / w.detach().square().sum()))
+    assert 0 < min(shares) and max(shares) < 1
+    assert float(table["quarter"][1]) == pytest.approx(sum(shares) / len(shares), abs=1e-3)
+    assert float(table["quarter"][4]) == pytest.approx(val_loss(module.model, datamodule), abs=1e-3)
