@@ -26,7 +26,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from spectral_lightning import CharDataModule, SpectralLM  # noqa: E402 (after the path set-up above)
+from spectral_lightning import GPT, CharDataModule, SpectralLM  # noqa: E402 (after the path set-up above)
 from spectral_lightning.callbacks import parameter_report  # noqa: E402
 from spectral_lightning.export import load_model  # noqa: E402
 
@@ -39,12 +39,12 @@ def config_model_options(config: Path) -> dict:
     return {k: model[k] for k in ("parameterization", "parameterize") if k in model}
 
 
-def projected(ckpt_path: str, config: Path) -> tuple[SpectralLM, list[float]]:
-    """The config's model initialized from ``ckpt_path``, and the energy share each parameterized linear kept."""
-    source, tokenizer = load_model(ckpt_path)
+def projected(ckpt_path: str, source: GPT, vocab: str, config: Path) -> tuple[SpectralLM, list[float]]:
+    """The config's model initialized from ``ckpt_path`` (whose model is ``source``), and the energy share each
+    parameterized linear kept."""
     sizes = dataclasses.asdict(source.config)
     sizes.pop("vocab_size")
-    module = SpectralLM(tokenizer.vocab, **sizes, **config_model_options(config), init_from=ckpt_path)
+    module = SpectralLM(vocab, **sizes, **config_model_options(config), init_from=ckpt_path)
     module.configure_model()  # runs the init_from projection, as fit/validate do
     src = source.linears()
     kept = []
@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         if not config.is_file():
             parser.error(f"--configs: {config} does not exist; expected a name in configs/ or a YAML file")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-config Trainer banner
-    torch.manual_seed(0)  # strategies with seeded draws ignore it; the table does not depend on it
+    source, tokenizer = load_model(args.ckpt_path)
     header = "| config | stored (% of dense model) | energy kept: mean | min | max |"
     print(header + (" val loss after projection |" if args.val else ""))
     print("|---|---:|---:|---:|---:|" + ("---:|" if args.val else ""))
     for config in configs:
-        module, kept = projected(args.ckpt_path, config)
+        module, kept = projected(args.ckpt_path, source, tokenizer.vocab, config)
         totals = parameter_report(module.model)[1]  # the console table's totals
         mean = sum(kept) / len(kept)
         row = f"| {config.stem} | {totals.ratio:.1%} | {mean:.3f} | {min(kept):.3f} | {max(kept):.3f} |"

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import glob
-import importlib
 import os
 import pickle
 import signal
@@ -38,6 +37,7 @@ from spectral_lightning.data import CharDataModule
 from spectral_lightning.errors import ConfigError, TrainingInterrupted, exit_on_user_error
 from spectral_lightning.files import atomic_write
 from spectral_lightning.module import NonFiniteLossError, SpectralLM
+from spectral_lightning.parameterizations import find_class
 from spectral_lightning.parse_errors import SpectralArgumentParser
 
 
@@ -243,9 +243,8 @@ def _is_progress_bar(callback: Any) -> bool:
     class_path = getattr(callback, "class_path", None)
     if not isinstance(class_path, str) or "." not in class_path:
         return False
-    module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = find_class(class_path)  # a dotted path: imports its module
     except (ImportError, AttributeError):
         return False  # not importable: left for instantiation to report
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
