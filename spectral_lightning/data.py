@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spectral_lightning.errors import ConfigError, DataError
 from spectral_lightning.files import atomic_write_bytes
+from spectral_lightning.seeds import derive_seed
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -107,12 +108,6 @@ def read_text(path: str | Path) -> str:
     if not text:
         raise DataError(f"data file {path} is empty; --data.path expects a non-empty UTF-8 text file")
     return text
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (e.g. seed, rank, step): resumable randomness."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def _stream_seed(seed: int, rank: int, index: int) -> int:

@@ -4,7 +4,7 @@ Reads top-down: attention -> MLP -> Block -> GPT. The paper's model is the defau
 d = 128, context 128, fused qkv, 4x GELU MLP, biases, untied LM head (bias-free, as in nanoGPT).
 
 Every linear is created by :class:`LinearFactory` from its module name (``blocks.0.attn.qkv``, ...). Names
-matching one of the ``parameterize`` patterns are built by the chosen strategy; the rest are dense.
+matching one of the ``parameterize`` patterns are built by the chosen parameterization; the rest are dense.
 """
 
 from __future__ import annotations
@@ -54,16 +54,18 @@ class GPTConfig:
 
 
 class LinearFactory:
-    """Builds every linear of the model: ``strategy`` for names matching ``patterns``, dense otherwise.
+    """Builds every linear of the model: ``parameterization`` for names matching ``patterns``, dense otherwise.
 
     Args:
-        strategy: the parameterization of the matched layers.
+        parameterization: how the matched layers store their weights.
         patterns: ``fnmatch`` patterns over module names (e.g. ``blocks.*.mlp.*``, ``lm_head``).
-        default: the strategy of every other linear (dense).
+        default: the parameterization of every other linear (dense).
     """
 
-    def __init__(self, strategy: Parameterization, patterns: list[str], default: Parameterization | None = None):
-        self.strategy = strategy
+    def __init__(
+        self, parameterization: Parameterization, patterns: list[str], default: Parameterization | None = None
+    ) -> None:
+        self.parameterization = parameterization
         self.patterns = list(patterns)
         self.default = default or Dense()
         self.names: list[str] = []  # every linear built, in order
@@ -73,8 +75,8 @@ class LinearFactory:
         self.names.append(name)
         matched = [p for p in self.patterns if fnmatch.fnmatchcase(name, p)]
         self._used.update(matched)
-        strategy = self.strategy if matched else self.default
-        return strategy.build(in_features, out_features, bias)
+        chosen = self.parameterization if matched else self.default
+        return chosen.build(in_features, out_features, bias)
 
     def check_patterns(self) -> None:
         """Raise if a pattern matched no linear (a typo would otherwise silently train a dense model)."""
@@ -133,7 +135,7 @@ class GPT(nn.Module):
 
     Args:
         config: sizes.
-        strategy: parameterization of the linears whose names match ``parameterize``.
+        parameterization: how the linears whose names match ``parameterize`` store their weights.
         parameterize: module-name patterns; default: the four linears of every block. Add ``"lm_head"`` to
             compress the LM head too. A pattern matching nothing raises ``ValueError``.
         batch_reconstruction: in eager training, rebuild the weights of same-shaped parameterized linears
@@ -145,14 +147,14 @@ class GPT(nn.Module):
     def __init__(
         self,
         config: GPTConfig,
-        strategy: Parameterization | None = None,
+        parameterization: Parameterization | None = None,
         parameterize: list[str] | tuple[str, ...] = BLOCK_LINEARS,
         batch_reconstruction: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
         self.batch_reconstruction = batch_reconstruction
-        linear = LinearFactory(strategy or Dense(), list(parameterize))
+        linear = LinearFactory(parameterization or Dense(), list(parameterize))
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)

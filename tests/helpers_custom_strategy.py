@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear
-from spectral_lightning.parameterizations.base import check_std
+from spectral_lightning.parameterizations.options import check_std
 
 
 class ColumnBlockLinear(ParameterizedLinear):

@@ -39,15 +39,21 @@ from spectral_lightning.parameterizations.registry import (
 
 
 def find_class(path: str) -> type:
-    """The class a ``class_path`` names: a registered strategy name (no dot) or a dotted import path."""
+    """The class a ``class_path`` names: a registered parameterization name (no dot) or a dotted import path."""
     if "." not in path:
         return get(path.lower())
     module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"class_path {path!r} cannot be imported ({err}); expected a registered name ({', '.join(available())}) "
+            "or the import path of a Parameterization subclass in an importable module"
+        ) from None
 
 
 def resolve(spec: str | dict | Parameterization) -> Parameterization:
-    """A strategy from an instance (returned as is), a class path alone (default options), or a
+    """A parameterization from an instance (returned as is), a class path alone (default options), or a
     ``{"class_path": ..., "init_args": {...}}`` dict; a class path is a registered name or a dotted path."""
     if isinstance(spec, Parameterization):
         return spec

@@ -1,6 +1,6 @@
 """The contract every weight parameterization follows.
 
-A *strategy* (:class:`Parameterization`) is a small object of plain typed options (so YAML, ``--help`` and
+A *parameterization* (:class:`Parameterization`) is a small object of plain typed options (so YAML, ``--help`` and
 ``hparams.yaml`` all show them) that builds one linear layer for a given shape. A built layer
 (:class:`ParameterizedLinear`) behaves like ``nn.Linear``:
 
@@ -27,10 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spectral_lightning.errors import ConfigError
+from spectral_lightning.parameterizations.options import (  # noqa: F401 (re-exported: part of the contract)
+    check_compression,
+    check_int,
+    check_std,
+    coefficient_budget,
+)
 
 
 class ParameterizedLinear(nn.Module, ABC):
-    """Base class of every layer a strategy builds. Subclasses provide ``weight`` and ``stored``.
+    """Base class of every layer a parameterization builds. Subclasses provide ``weight`` and ``stored``.
 
     Args:
         in_features: n, the input width.
@@ -211,7 +217,7 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
     """W = P_mᵀ X P_n for orthonormal bases P_m (m×m), P_n (n×n), with K trainable entries of X stored at
     fixed ``positions`` (flat, row-major indices into m×n) and zeros elsewhere.
 
-    The DCT and the random-basis strategies differ only in :meth:`basis`. Shared here: only the rows < ra and
+    The DCT and the random-basis parameterizations differ only in :meth:`basis`. Shared here: only the rows < ra and
     columns < cb that hold a position take part, so the bases are sliced to them once (a full top-left block
     needs no scatter at all); the product is taken in whichever order costs fewer flops; the K coefficients
     start with variance σ²·mn/K; a dense W is projected as X = P_m W P_nᵀ restricted to the positions.
@@ -305,7 +311,7 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
 
 
 class Parameterization:
-    """A strategy: typed options plus :meth:`build`. Subclass it and decorate with ``@register("name")``.
+    """A parameterization: typed options plus :meth:`build`. Subclass it and decorate with ``@register("name")``.
 
     Subclasses keep every ``__init__`` argument as an attribute of the same name (that is how ``repr``,
     equality and serialization find them) and validate them eagerly, raising ``ValueError`` that names the
@@ -319,9 +325,16 @@ class Parameterization:
         raise NotImplementedError
 
     def options(self) -> dict[str, object]:
-        """The constructor arguments of this strategy, by name (what YAML's ``init_args`` holds)."""
+        """The constructor arguments of this parameterization, by name (what YAML's ``init_args`` holds)."""
         params = inspect.signature(type(self).__init__).parameters
         return {k: getattr(self, k) for k in params if k != "self"}
+
+    def spec(self) -> dict[str, object]:
+        """``{"class_path": "<module>.<Class>", "init_args": {...}}``: the one serialized form of a
+        parameterization, used by hparams, exports and dashboards, and accepted by ``resolve()`` and YAML.
+        The class path is the full import path, so it also names a class that is not registered."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.options())}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -332,44 +345,3 @@ class Parameterization:
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted((k, repr(v)) for k, v in self.options().items()))))
-
-
-def check_int(option: str, value: object, low: int, high: int | None = None, where: str = "") -> int:
-    """Validate an integer option; raise ValueError naming it, its value and the valid range."""
-    rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ConfigError(f"{option}={value!r} is not valid{where}: expected {rng}")
-    if value < low or (high is not None and value > high):
-        raise ConfigError(f"{option}={value} is out of range{where}: expected {rng}")
-    return value
-
-
-def check_compression(value: object, option: str = "compression") -> float:
-    """Validate a compression factor c >= 1 (the layer keeps about 1/c of the dense values)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-        raise ConfigError(f"{option}={value!r} is not valid: expected a finite number >= 1 (1 = no compression)")
-    return float(value)
-
-
-def coefficient_budget(compression: float, k: int | None, in_features: int, out_features: int) -> int:
-    """K for an (out_features × in_features) weight: ``k`` when given (checked against [1, m·n]), else
-    round(mn / compression); raise ConfigError when that leaves no coefficient."""
-    mn = in_features * out_features
-    if k is not None:
-        return check_int("k", k, 1, mn, where=f" for a {out_features}x{in_features} weight")
-    budget = round(mn / compression)
-    if budget < 1:
-        raise ConfigError(
-            f"compression={compression} leaves no coefficient of a {out_features}x{in_features} weight: "
-            f"expected a value in [1, {mn}]"
-        )
-    return budget
-
-
-def check_std(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"init_std={value!r} is not valid: expected a finite number > 0 (e.g. 0.02)")
-    return float(value)

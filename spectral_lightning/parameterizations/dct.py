@@ -31,14 +31,8 @@ import torch
 from torch import Tensor
 
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.parameterizations.base import (
-    OrthonormalCoefficientLinear,
-    Parameterization,
-    check_compression,
-    check_int,
-    check_std,
-    coefficient_budget,
-)
+from spectral_lightning.parameterizations.base import OrthonormalCoefficientLinear, Parameterization
+from spectral_lightning.parameterizations.options import check_compression, check_int, check_std, coefficient_budget
 from spectral_lightning.parameterizations.registry import register
 
 Selection = Literal["lowpass", "zigzag", "random"]

@@ -5,11 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from spectral_lightning.parameterizations.base import (
-    Parameterization,
-    ParameterizedLinear,
-    check_std,
-)
+from spectral_lightning.parameterizations.base import Parameterization, ParameterizedLinear
+from spectral_lightning.parameterizations.options import check_std
 from spectral_lightning.parameterizations.registry import register
 
 
@@ -23,7 +20,7 @@ class DenseLinear(ParameterizedLinear):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # N(0, 0.02^2) as in GPT-2 / nanoGPT: the reference scale every other strategy matches per entry.
+        # N(0, 0.02^2) as in GPT-2 / nanoGPT: the reference scale every other parameterization matches per entry.
         nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
         if self.bias is not None:
             nn.init.zeros_(self.bias)

@@ -18,13 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.parameterizations.base import (
-    Parameterization,
-    ReconstructedLinear,
-    check_compression,
-    check_int,
-    check_std,
-)
+from spectral_lightning.parameterizations.base import Parameterization, ReconstructedLinear
+from spectral_lightning.parameterizations.options import check_compression, check_int, check_std
 from spectral_lightning.parameterizations.registry import register
 
 

@@ -12,41 +12,28 @@ orthogonal group). It is computed in float64 and kept as float32 non-persistent 
 holds the K coefficients only and the same seed and shape rebuild the same basis on any machine or DDP rank.
 
 The K positions are drawn at random (the DCT's ``random`` selection, with the same ``seed``, so the two
-strategies differ only in the basis). A low-pass block or a zigzag triangle would cap rank(W) = rank(X) far
-below min(m, n); random positions do not, so this strategy isolates the question "does the DCT basis
+parameterizations differ only in the basis). A low-pass block or a zigzag triangle would cap rank(W) = rank(X) far
+below min(m, n); random positions do not, so this parameterization isolates the question "does the DCT basis
 matter, or only the budget and the rank the selection allows?".
 
 As for the DCT, both bases are orthonormal, so ‖W‖_F = ‖X‖_F (Parseval), weight decay on X equals weight
 decay on W, and projecting a dense W (X = Q_m W Q_nᵀ, keep the selected entries) is the best Frobenius
 approximation on the selected support.
 
-This module is written exactly as a user's own strategy would be: a subclass of :class:`Parameterization`
+This module is written exactly as a user's own parameterization would be: a subclass of :class:`Parameterization`
 plus one ``@register`` line, reusing the package's base classes and helpers.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import Tensor
 
-from spectral_lightning.parameterizations.base import (
-    OrthonormalCoefficientLinear,
-    Parameterization,
-    check_compression,
-    check_int,
-    check_std,
-    coefficient_budget,
-)
+from spectral_lightning.parameterizations.base import OrthonormalCoefficientLinear, Parameterization
 from spectral_lightning.parameterizations.dct import select_positions
+from spectral_lightning.parameterizations.options import check_compression, check_int, check_std, coefficient_budget
 from spectral_lightning.parameterizations.registry import register
-
-
-def _derived_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed that depends on ``seed`` and ``parts`` (the shape, which side), stable across runs."""
-    digest = hashlib.blake2b(":".join(map(str, (seed, *parts))).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+from spectral_lightning.seeds import derive_seed
 
 
 def random_orthogonal(
@@ -101,7 +88,7 @@ class RandomBasisLinear(OrthonormalCoefficientLinear):
     def basis(self, side: str, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
         """Q_m (``side="out"``) or Q_n (``"in"``); the seed of each also depends on (m, n) and the side."""
         m, n = self.out_features, self.in_features
-        return random_orthogonal(m if side == "out" else n, _derived_seed(self.seed, m, n, side), dtype, device)
+        return random_orthogonal(m if side == "out" else n, derive_seed(self.seed, m, n, side), dtype, device)
 
     def describe(self) -> str:
         return f"random_basis seed={self.seed}"

@@ -1,6 +1,6 @@
-"""Name -> strategy class registry.
+"""Name -> parameterization class registry.
 
-Built-in strategies register themselves when :mod:`spectral_lightning` is imported; a user's own strategy
+Built-in parameterizations register themselves when :mod:`spectral_lightning` is imported; a user's own parameterization
 registers with the same decorator from any importable module::
 
     @register("my_basis")
@@ -58,7 +58,7 @@ def register(name: str) -> Callable[[P], P]:
 
 
 def get(name: str) -> type[Parameterization]:
-    """Return the strategy class registered under ``name``.
+    """Return the parameterization class registered under ``name``.
 
     Raises:
         ValueError: for an unknown name; the message lists every registered name.
@@ -73,7 +73,7 @@ def get(name: str) -> type[Parameterization]:
 
 
 def available() -> list[str]:
-    """Sorted list of registered strategy names."""
+    """Sorted list of registered parameterization names."""
     return sorted(_REGISTRY)
 
 
