@@ -1,8 +1,8 @@
-"""How much of a trained model each strategy keeps when it is initialized from it (``--model.init_from``).
+"""How much of a trained model each parameterization keeps when it is initialized from it (``--model.init_from``).
 
 For every config, the model is built with that config's parameterization and initialized from ``--ckpt_path``
-(any checkpoint or export) through the same :func:`~spectral_lightning.export.init_from_checkpoint` that
-``cli.py ... --model.init_from`` uses. The table gives, over the parameterized linears, the share of the
+(any checkpoint or export) through the same ``SpectralLM.initialize_from`` that ``cli.py ... --model.init_from``
+uses. The table gives, over the parameterized linears, the share of the
 source weights' energy the projection keeps (‖W_projected‖_F² / ‖W_source‖_F²: DCT keeps its selected
 coefficients, low-rank the top singular values) and, with ``--val``, the val loss right after projection on
 the validation split of the text (``--data-path``, default the tiny Shakespeare cache).
@@ -15,28 +15,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
+from jsonargparse import Namespace, capture_parser
+
+from spectral_lightning import GPT, CharDataModule, SpectralLM
+from spectral_lightning.analysis import parameter_report
+from spectral_lightning.checkpoints import load_model
+from spectral_lightning.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from spectral_lightning import GPT, CharDataModule, SpectralLM  # noqa: E402 (after the path set-up above)
-from spectral_lightning.callbacks import parameter_report  # noqa: E402
-from spectral_lightning.export import load_model  # noqa: E402
-
 PAPER_CONFIGS = ("dense", "dct2x", "dct4x", "lowrank", "lowrank48")
 
 
 def config_model_options(config: Path) -> dict:
-    """The ``model`` options of a config file that choose the parameterization (the rest follows the source)."""
-    model = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model") or {}
-    return {k: model[k] for k in ("parameterization", "parameterize") if k in model}
+    """The ``model`` options of a config file that choose the parameterization (the rest follows the source),
+    read by ``cli.py``'s own parser, so that what the config loads (``config: shared/paper.yaml``) counts."""
+    model = capture_parser(lambda: cli_main([])).parse_args(["fit", "--config", str(config)]).fit.model
+    spec = model.parameterization  # a registered name, or class_path + init_args
+    spec = spec.as_dict() if isinstance(spec, Namespace) else spec
+    return {"parameterization": spec, "parameterize": model.parameterize}
 
 
 def projected(ckpt_path: str, source: GPT, vocab: str, config: Path) -> tuple[SpectralLM, list[float]]:
@@ -69,7 +71,7 @@ def val_loss(module: SpectralLM, data_path: str | None, data_dir: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="trained checkpoint or export (any strategy)")
+    parser.add_argument("--ckpt_path", required=True, help="trained checkpoint or export (any parameterization)")
     parser.add_argument(
         "--configs", nargs="+", default=list(PAPER_CONFIGS), help="config names in configs/ or YAML paths"
     )

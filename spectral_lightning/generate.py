@@ -19,9 +19,9 @@ from typing import TextIO
 
 import torch
 
+from spectral_lightning.checkpoints import dense_state_dict, load_model
 from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError, exit_on_user_error
-from spectral_lightning.export import dense_state_dict, load_model
 from spectral_lightning.model import GPT
 from spectral_lightning.parameterizations import Dense
 

@@ -8,6 +8,7 @@ model and its tokenizer.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,10 +18,18 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from spectral_lightning.data import CharTokenizer, derive_seed
+from spectral_lightning.checkpoints import (
+    Checkpoint,
+    check_vocab,
+    model_from_hparams,
+    read_checkpoint,
+    transfer_weights,
+)
+from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.model import BLOCK_LINEARS, GPT, GPTConfig
+from spectral_lightning.model import BLOCK_LINEARS
 from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, resolve
+from spectral_lightning.seeds import derive_seed
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,7 +49,7 @@ class SpectralLM(L.LightningModule):
         bias: biases in linears and LayerNorms.
         parameterization: how the selected linears store their weights: a registered name (``dense``,
             ``dct``, ``lowrank``, ``random_basis``, or your own) or ``class_path``/``init_args`` with options
-            (``--model.parameterization.help DCT`` lists a strategy's options; it takes the class name).
+            (``--model.parameterization.help DCT`` lists a parameterization's options; it takes the class name).
         parameterize: module-name patterns (fnmatch) of the linears to parameterize; the rest stay dense.
             Default (or None): the four linears of every block; ``--model.parameterize+ lm_head`` adds the LM
             head to them.
@@ -58,7 +67,7 @@ class SpectralLM(L.LightningModule):
         batch_reconstruction: in eager training, rebuild the weights of the same-shaped parameterized
             linears of all blocks with one batched product per shape instead of one per layer (same weights;
             fewer kernel launches on a GPU). No effect under ``compile`` or outside training.
-        init_from: a trained checkpoint or export (any strategy) whose weights initialize this model when a
+        init_from: a trained checkpoint or export (any parameterization) whose weights initialize this model when a
             Trainer first configures it: every linear via ``load_dense_`` of the source's materialized weight
             (DCT: projection onto the selected coefficients; low-rank: truncated SVD), everything else copied.
             Sizes and vocabulary must match. Weights restored from ``--ckpt_path`` take precedence.
@@ -92,11 +101,7 @@ class SpectralLM(L.LightningModule):
         if isinstance(parameterization, Parameterization):
             # Kept as plain class_path/init_args, as LightningCLI stores it, so that checkpoints of models built
             # in Python also load with torch.load(weights_only=True) (the default of load_from_checkpoint).
-            cls = type(parameterization)
-            self.hparams.parameterization = {
-                "class_path": f"{cls.__module__}.{cls.__qualname__}",
-                "init_args": parameterization.options(),
-            }
+            self.hparams.parameterization = parameterization.spec()
         if not lr > 0 or not 0 <= min_lr <= lr:
             raise ConfigError(
                 f"model.lr={lr} / model.min_lr={min_lr} are not valid: expected 0 <= min_lr <= lr, lr > 0"
@@ -104,19 +109,56 @@ class SpectralLM(L.LightningModule):
         if warmup_steps < 0 or weight_decay < 0:
             raise ConfigError("model.warmup_steps and model.weight_decay must be >= 0")
         self.tokenizer = CharTokenizer(vocab)
-        self.strategy = resolve(parameterization)
-        config = GPTConfig(len(vocab), block_size, n_layer, n_head, n_embd, dropout, bias)
-        self.model = GPT(config, self.strategy, parameterize, batch_reconstruction)
+        self.parameterization = resolve(parameterization)
+        self.model = model_from_hparams({**self.hparams, "parameterization": self.parameterization})
         self.val_loss, self.val_ppl = MeanMetric(), Perplexity()
         self.test_loss, self.test_ppl = MeanMetric(), Perplexity()
         self._compiled: torch.nn.Module | None = None
         self._dropout_seed: int | None = None  # set at fit start, or restored from a checkpoint
+        self._initialized_from: str | None = None  # the init_from source already applied to these weights
+
+    # -- loading -----------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SpectralLM:
+        """The module of a Lightning checkpoint or a compressed export (same parameterization and weights, eval
+        mode). A dense export holds no parameterization: read it with ``checkpoints.load_model``.
+
+        Raises:
+            ConfigError: the file is missing, damaged, or a dense export.
+        """
+        ckpt = read_checkpoint(path)
+        module = cls(**ckpt.hparams())
+        module._initialized_from = module.hparams.get("init_from")  # the file's weights replace the source's
+        module.model.load_state_dict(ckpt.model_state_dict())
+        return module.to(map_location).eval()
+
+    @torch.no_grad()
+    def initialize_from(self, path: str | Path, option: str = "model.init_from") -> None:
+        """Initialize this model's weights from a trained checkpoint or export of any parameterization.
+
+        Every linear gets ``load_dense_(W, b)`` with the source's materialized W (DCT: projection onto the
+        selected coefficients; low-rank: truncated SVD; dense: W itself); embeddings and norms are copied.
+
+        Raises:
+            ConfigError: the file is missing or unreadable, or its vocabulary or sizes differ from this model's.
+        """
+        transfer_weights(self.check_source(path, option).build_model(), self.model)
+
+    def check_source(self, path: str | Path, option: str = "model.init_from") -> Checkpoint:
+        """Read a file to initialize from and check its vocabulary and sizes against this model (nothing is
+        changed: ``cli.py`` calls this before a run writes anything)."""
+        ckpt = read_checkpoint(path, option)
+        ckpt.check_vocab(self.hparams.vocab)
+        ckpt.check_sizes(self.model.config)
+        return ckpt
 
     def configure_model(self) -> None:
-        if self.hparams.get("init_from"):
-            from spectral_lightning.export import apply_init_from  # export.py imports this module
-
-            apply_init_from(self)
+        # Applied once per module: later calls (validate after fit) keep the trained weights; weights restored
+        # from --ckpt_path afterwards take precedence.
+        source = self.hparams.get("init_from")
+        if source and self._initialized_from != source:
+            self.initialize_from(source)
+            self._initialized_from = source
         if self.hparams.compile and self._compiled is None:
             # Kept outside the module tree so checkpoints hold `model.*` keys, not `_orig_mod.*`.
             object.__setattr__(self, "_compiled", torch.compile(self.model, mode=self.hparams.get("compile_mode")))
@@ -207,16 +249,16 @@ class SpectralLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
-        # A resumed run restores the optimizer's last LR, computed for the old max_steps; re-evaluate the
-        # schedule at the restored step so a run resumed with a larger max_steps follows its new schedule
-        # from its first step (for an unchanged max_steps this sets the same value).
+        # A resumed run restores the optimizer's last LR, computed for the max_steps of the run that saved it.
+        # Re-evaluate the schedule at the restored step with this run's max_steps, so a run resumed with a larger
+        # max_steps follows its new schedule from its first step (for an unchanged max_steps this sets the same
+        # value). The scheduler's own record of its last LR is refreshed by its next step().
         for config in self.trainer.lr_scheduler_configs:
             schedule = config.scheduler
             if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
                 groups = schedule.optimizer.param_groups
                 for group, base, factor in zip(groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
                     group["lr"] = base * factor(schedule.last_epoch)
-                schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -225,12 +267,8 @@ class SpectralLM(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._dropout_seed = checkpoint.get("dropout_seed", self._dropout_seed)
         saved = checkpoint.get("hyper_parameters", {}).get("vocab")
-        if saved is not None and saved != self.hparams.vocab:
-            raise ConfigError(
-                f"the checkpoint was trained on a vocabulary of {len(saved)} characters ({saved!r}), but this "
-                f"run's data has {len(self.hparams.vocab)} ({self.hparams.vocab!r}); use the text it was "
-                "trained on, or start a new run without --ckpt_path"
-            )
+        if saved is not None:
+            check_vocab(saved, self.hparams.vocab, "the checkpoint", "or start a new run without it")
 
     # -- sampling ----------------------------------------------------------------------------------------
     @torch.no_grad()

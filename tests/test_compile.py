@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import strategy_cases
+from helpers import strategy_cases
 
 from spectral_lightning import GPT, GPTConfig, SpectralLM
 from spectral_lightning.parameterizations import ReconstructedLinear, resolve
@@ -80,8 +80,21 @@ def test_parameterized_linear_compiles_without_graph_break(case: tuple[str, dict
     tol = 2e-2 if autocast else 1e-6
     torch.testing.assert_close(y.float(), expected, atol=tol, rtol=tol)
     torch.testing.assert_close(y_eval.float(), expected, atol=tol, rtol=tol)
-    if isinstance(layer, ReconstructedLinear):
-        assert layer._cache is None or layer._cache[1].dtype == torch.float32
+    # With autograd off the materialized weight is cached: it stays float32 when first built under autocast, and
+    # an in-place update of the stored values (what an optimizer step does) is seen by the next call, eager and
+    # compiled alike (a stale cache would still give the old outputs).
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        assert layer.weight.dtype == torch.float32
+        old_weight = layer.weight.clone()
+        for p in layer.weight_parameters():
+            p.mul_(-1.5)  # any change of the stored values changes W (for B·A too: 2.25 W)
+        eager = layer(x)
+        compiled = torch.compile(layer, backend="eager", fullgraph=True)(x)
+    with torch.enable_grad():  # autograd on: rebuilt from the stored values, never cached
+        updated = F.linear(x, layer.weight.detach(), layer.bias)
+    assert not torch.allclose(updated, F.linear(x, old_weight, layer.bias), atol=1e-3)
+    torch.testing.assert_close(eager.float(), updated, atol=tol, rtol=tol)
+    torch.testing.assert_close(compiled.float(), updated, atol=tol, rtol=tol)
 
 
 def test_spectral_lm_compile_option_wraps_the_built_model() -> None:

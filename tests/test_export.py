@@ -1,4 +1,4 @@
-"""Dense and compressed exports, and initializing a strategy from a trained checkpoint (``init_from``)."""
+"""Dense and compressed exports, and initializing any parameterization from a trained checkpoint (``init_from``)."""
 
 from __future__ import annotations
 
@@ -9,29 +9,18 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, make_text, quiet_trainer
+from helpers import REPO, make_text, quiet_trainer
 
 from spectral_lightning import CharDataModule, ConfigError, SpectralLM
+from spectral_lightning.checkpoints import COMPRESSED_FORMAT, DENSE_FORMAT, load_model
 from spectral_lightning.cli import cli_main
-from spectral_lightning.export import (
-    COMPRESSED_FORMAT,
-    DENSE_FORMAT,
-    compressed_export,
-    dense_export,
-    export,
-    init_from_checkpoint,
-    load_compressed_export,
-    load_dense_export,
-    load_module,
-    main,
-    to_bytes,
-)
+from spectral_lightning.export import compressed_export, dense_export, export, main, to_bytes
 from spectral_lightning.model import GPT, GPTConfig
 from spectral_lightning.parameterizations import Dense, DenseLinear
 
 TINY = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32}
 
-# Each row: a strategy as the CLI gives it, and whether its export must hold fewer bytes than the dense one.
+# Each row: a parameterization as the CLI gives it, and whether its export must hold fewer bytes than the dense one.
 STRATEGIES = {
     "dense": ({"class_path": "dense"}, False),
     "dct_lowpass_c4": ({"class_path": "dct", "init_args": {"compression": 4, "selection": "lowpass"}}, True),
@@ -89,7 +78,7 @@ def tokens(vocab_size: int, seed: int = 0) -> torch.Tensor:
 # -- dense export ------------------------------------------------------------------------------------------
 def test_dense_export_reloads_without_spectral_layers_and_gives_identical_logits(trained, tmp_path: Path) -> None:
     name, ckpt, _ = trained
-    module = load_module(ckpt)
+    module = SpectralLM.load(ckpt)
     biases = [layer.bias for layer in module.model.linears().values() if layer.bias is not None]
     assert any(b.abs().sum() > 0 for b in biases), "training must move the biases, or bias export is untested"
 
@@ -104,7 +93,7 @@ def test_dense_export_reloads_without_spectral_layers_and_gives_identical_logits
     assert list(raw["state_dict"]) == list(reference.state_dict())
     reference.load_state_dict(raw["state_dict"])  # strict: the keys of a plain dense GPT
 
-    model, tokenizer = load_dense_export(out)
+    model, tokenizer = load_model(out)
     assert tokenizer.vocab == module.hparams.vocab
     assert all(isinstance(layer, DenseLinear) for layer in model.linears().values())
     x = tokens(len(tokenizer))
@@ -119,22 +108,22 @@ def test_compressed_export_holds_trainable_values_and_reproduces_val_loss(
     trained, datamodule: CharDataModule, tmp_path: Path
 ) -> None:
     name, ckpt, smaller = trained
-    module = load_module(ckpt)
+    module = SpectralLM.load(ckpt)
     out = tmp_path / "compressed.pt"
     result = export(ckpt, "compressed", out)
 
     raw = torch.load(out, weights_only=True)
     assert raw["format"] == COMPRESSED_FORMAT
-    assert set(raw) == {"format", "strategy", "hparams", "vocab", "state_dict"}  # no optimizer state
+    assert set(raw) == {"format", "parameterization", "hparams", "vocab", "state_dict"}  # no optimizer state
     assert list(raw["state_dict"]) == list(module.model.state_dict())
     assert not any("basis" in key or "positions" in key for key in raw["state_dict"])
     assert sum(t.numel() for t in raw["state_dict"].values()) == module.model.num_parameters()
-    assert raw["strategy"]["init_args"] == module.strategy.options()
+    assert raw["parameterization"]["init_args"] == module.parameterization.options()
     assert (result.bytes < 0.9 * result.dense_bytes) == smaller
     assert result.bytes < result.checkpoint_bytes  # the .ckpt also carries AdamW's two moments
 
-    reloaded = load_compressed_export(out)
-    assert reloaded.strategy == module.strategy
+    reloaded = SpectralLM.load(out)
+    assert reloaded.parameterization == module.parameterization
     assert val_loss(reloaded, datamodule) == val_loss(module, datamodule)
 
 
@@ -165,7 +154,7 @@ def test_export_command_prints_sizes_and_fails_with_one_line(trained, tmp_path: 
 
 
 # -- conversion --------------------------------------------------------------------------------------------
-# Each row: the target strategy, and whether it can represent the dense weights exactly.
+# Each row: the target parameterization, and whether it can represent the dense weights exactly.
 CONVERSIONS = {
     "dct_lowpass_c1": ({"class_path": "dct", "init_args": {"compression": 1}}, True),
     "dct_random_c1": ({"class_path": "dct", "init_args": {"compression": 1, "selection": "random"}}, True),
@@ -178,9 +167,9 @@ CONVERSIONS = {
 @pytest.mark.parametrize("name", list(CONVERSIONS))
 def test_init_from_dense_reproduces_logits_only_at_full_capacity(name: str, dense_ckpt: Path) -> None:
     spec, exact = CONVERSIONS[name]
-    dense = load_module(dense_ckpt)
+    dense = SpectralLM.load(dense_ckpt)
     module = SpectralLM(vocab=dense.hparams.vocab, **TINY, parameterization=spec)
-    init_from_checkpoint(module, dense_ckpt)
+    module.initialize_from(dense_ckpt)
     x = tokens(len(dense.hparams.vocab))
     close = torch.allclose(module(x), dense(x), rtol=1e-5, atol=1e-5)
     assert close == exact
@@ -188,9 +177,9 @@ def test_init_from_dense_reproduces_logits_only_at_full_capacity(name: str, dens
 
 
 def test_init_from_projection_is_the_best_approximation_on_the_support(dense_ckpt: Path) -> None:
-    dense = load_module(dense_ckpt)
+    dense = SpectralLM.load(dense_ckpt)
     module = SpectralLM(vocab=dense.hparams.vocab, **TINY, parameterization="dct")  # lowpass, c = 4
-    init_from_checkpoint(module, dense_ckpt)
+    module.initialize_from(dense_ckpt)
     layer, source = module.model.blocks[0].mlp.fc, dense.model.blocks[0].mlp.fc
     with torch.no_grad():
         residual = source.weight - layer.weight
@@ -202,7 +191,7 @@ def test_init_from_projection_is_the_best_approximation_on_the_support(dense_ckp
 
 
 def test_init_from_runs_once_from_configure_model(dense_ckpt: Path) -> None:
-    dense = load_module(dense_ckpt)
+    dense = SpectralLM.load(dense_ckpt)
     spec = CONVERSIONS["dct_lowpass_c1"][0]
     module = SpectralLM(vocab=dense.hparams.vocab, **TINY, parameterization=spec, init_from=str(dense_ckpt))
     x = tokens(len(dense.hparams.vocab))
@@ -216,13 +205,13 @@ def test_init_from_runs_once_from_configure_model(dense_ckpt: Path) -> None:
 
 
 def test_init_from_rejects_other_vocabulary_and_sizes(dense_ckpt: Path) -> None:
-    vocab = load_module(dense_ckpt).hparams.vocab
+    vocab = SpectralLM.load(dense_ckpt).hparams.vocab
     with pytest.raises(ConfigError, match="vocabulary"):
-        init_from_checkpoint(SpectralLM(vocab=vocab + "Z", **TINY), dense_ckpt)
+        SpectralLM(vocab=vocab + "Z", **TINY).initialize_from(dense_ckpt)
     with pytest.raises(ConfigError, match="n_embd: 32 vs 16"):
-        init_from_checkpoint(SpectralLM(vocab=vocab, **{**TINY, "n_embd": 16}), dense_ckpt)
+        SpectralLM(vocab=vocab, **{**TINY, "n_embd": 16}).initialize_from(dense_ckpt)
     with pytest.raises(ConfigError, match="does not exist"):
-        init_from_checkpoint(SpectralLM(vocab=vocab, **TINY), dense_ckpt.with_name("nope.ckpt"))
+        SpectralLM(vocab=vocab, **TINY).initialize_from(dense_ckpt.with_name("nope.ckpt"))
 
 
 def test_cli_validate_with_init_from_evaluates_the_projected_model(
@@ -235,10 +224,10 @@ def test_cli_validate_with_init_from_evaluates_the_projected_model(
     args += ["--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"]
     cli = cli_main(args)
     expected = SpectralLM(vocab=datamodule.vocab, **TINY, parameterization="dct")
-    init_from_checkpoint(expected, dense_ckpt)
+    expected.initialize_from(dense_ckpt)
     logged = float(cli.trainer.callback_metrics["val/loss"])
     assert logged == pytest.approx(val_loss(expected, datamodule), rel=1e-6)
-    assert logged > val_loss(load_module(dense_ckpt), datamodule)  # the projection loses something
+    assert logged > val_loss(SpectralLM.load(dense_ckpt), datamodule)  # the projection loses something
 
 
 def test_projection_benchmark_reports_kept_energy_and_val_loss(
@@ -251,21 +240,21 @@ def test_projection_benchmark_reports_kept_energy_and_val_loss(
     projection = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(projection)
     full = tmp_path / "full.yaml"
-    full.write_text("model:\n  parameterization:\n    class_path: dct\n    init_args: {compression: 1}\n")
+    full.write_text("model:\n  parameterization: {class_path: spectral_lightning.DCT, init_args: {compression: 1}}")
     quarter = tmp_path / "quarter.yaml"
-    quarter.write_text("model:\n  parameterization:\n    class_path: dct\n    init_args: {compression: 4}\n")
+    quarter.write_text("model:\n  parameterization: {class_path: spectral_lightning.DCT, init_args: {compression: 4}}")
     args = ["--ckpt_path", str(dense_ckpt), "--configs", str(full), str(quarter), "--val"]
     projection.main([*args, "--data-path", datamodule.hparams.path])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     table = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows[1:]}
     assert set(table) == {"full", "quarter"}
 
-    dense = load_module(dense_ckpt)
+    dense = SpectralLM.load(dense_ckpt)
     assert table["full"][:4] == ["100.0%", "1.000", "1.000", "1.000"]
     assert float(table["full"][4]) == pytest.approx(val_loss(dense.model, datamodule), abs=1e-3)
 
     module = SpectralLM(vocab=dense.hparams.vocab, **TINY, parameterization={"class_path": "dct"})
-    init_from_checkpoint(module, dense_ckpt)
+    module.initialize_from(dense_ckpt)
     shares = []
     for name in module.model.parameterized:
         w, r = dense.model.get_submodule(name).weight, module.model.get_submodule(name).weight

@@ -11,10 +11,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, make_text, quiet_trainer
+from helpers import REPO, make_text, quiet_trainer
 
 from spectral_lightning import CharDataModule, ConfigError, SpectralLM
-from spectral_lightning.export import export, load_model
+from spectral_lightning.checkpoints import load_model
+from spectral_lightning.export import export
 from spectral_lightning.generate import SEPARATOR, generate, main
 from spectral_lightning.parameterizations import DCTLinear
 

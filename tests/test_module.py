@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, make_text, quiet_trainer
+from helpers import REPO, make_text, quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from spectral_lightning import CharDataModule, ParameterizedLinear, SpectralLM
@@ -295,7 +295,7 @@ def test_load_from_checkpoint_written_by_cli(
 
     loaded = SpectralLM.load_from_checkpoint(ckpt)
     kind = kind or sys.modules["user_strategies"].UserDCT
-    assert type(loaded.strategy) is kind and loaded.strategy == cli.model.strategy
+    assert type(loaded.parameterization) is kind and loaded.parameterization == cli.model.parameterization
     assert loaded.tokenizer.vocab == "".join(sorted(set(text)))  # the checkpoint alone rebuilds the tokenizer
     assert loaded.model.num_parameters() == cli.model.model.num_parameters()
     trained = cli.model.state_dict()

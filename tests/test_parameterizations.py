@@ -15,7 +15,7 @@ import pytest
 import scipy.fft
 import torch
 import torch.nn.functional as F
-from conftest import quiet_trainer
+from helpers import quiet_trainer
 from helpers_custom_strategy import ColumnBlock, ColumnBlockLinear
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -36,8 +36,8 @@ from spectral_lightning.parameterizations import (
     register,
     unregister,
 )
-from spectral_lightning.parameterizations.base import check_std
 from spectral_lightning.parameterizations.dct import select_positions, zigzag_order
+from spectral_lightning.parameterizations.options import check_std
 from spectral_lightning.parameterizations.random_basis import RandomBasis, random_orthogonal
 
 
@@ -437,7 +437,7 @@ def test_user_strategy_trains_through_the_model(orthobasis: str, text_file: Path
     module = SpectralLM(
         dm.vocab, block_size=16, n_layer=1, n_head=2, n_embd=32, parameterization=orthobasis, lr=1e-2, warmup_steps=5
     )
-    assert module.strategy == OrthoBasis()
+    assert module.parameterization == OrthoBasis()
     linears = module.model.linears()
     for name in ("blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc", "blocks.0.mlp.proj"):
         assert isinstance(linears[name], OrthoBlockLinear), name
@@ -520,7 +520,7 @@ def _cli(text_file: Path, *args: str):
 def test_cli_selects_by_registered_name(text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cli = _cli(text_file, "--model.parameterization", "dct")
-    assert cli.model.strategy == DCT()
+    assert cli.model.parameterization == DCT()
     assert cli.model.model.blocks[0].mlp.fc.stored == 128 * 32 // 4
 
 
@@ -529,7 +529,7 @@ def test_cli_selects_by_class_name_with_options(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     cli = _cli(text_file, "--model.parameterization", "DCT", "--model.parameterization.init_args.compression", "2")
-    assert cli.model.strategy == DCT(compression=2)
+    assert cli.model.parameterization == DCT(compression=2)
 
 
 @pytest.mark.parametrize(
@@ -571,7 +571,7 @@ def test_cli_selects_by_class_path_in_yaml(
         encoding="utf-8",
     )
     cli = _cli(text_file, "--config", str(config))
-    assert cli.model.strategy == expected
+    assert cli.model.parameterization == expected
     fc = cli.model.model.blocks[0].mlp.fc  # 128×32
     assert isinstance(fc, layer_type) and fc.stored == fc_stored
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "tiny.txt"]  # nothing else written

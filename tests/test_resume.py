@@ -19,13 +19,14 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from helpers import REPO, make_text
 from lightning.pytorch.callbacks import Callback
 
-from spectral_lightning.cli import AtomicCheckpointIO, cli_main
+from spectral_lightning.cli import cli_main
+from spectral_lightning.safety import AtomicCheckpointIO
 
-# Not imported from conftest: the CLI subprocess imports this module (for SignalAtStep) and must not inherit
-# conftest's thread setting, or its float reductions would differ from the in-process resume.
-REPO = Path(__file__).resolve().parents[1]
+# The CLI subprocess imports this module (for SignalAtStep), so it imports helpers, never conftest: conftest's
+# thread setting would change the subprocess's float reductions and break the match with the in-process resume.
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LightningCLI's args parameter",
@@ -75,8 +76,6 @@ def interrupt_at(step: int, signum: int) -> list[str]:
 
 
 def prepare(folder: Path) -> Path:
-    from conftest import make_text
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny.txt").write_text(make_text(), encoding="utf-8")
     (folder / "config.yaml").write_text(CONFIG, encoding="utf-8")
