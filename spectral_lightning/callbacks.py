@@ -2,7 +2,8 @@
 
 Every callback here is cheap enough to leave on (the default configs list them all) and is switched off by
 deleting its entry from ``trainer.callbacks`` in the YAML. None of them draws from the global random number
-generators, so a run's data stream and dropout masks are the same with or without them.
+generators, so a run's data stream and dropout masks are the same with or without them. They only present:
+every number comes from :mod:`spectral_lightning.analysis`, which the benchmarks use too.
 
 =====================  ==========================================================================================
 callback               writes
@@ -26,141 +27,32 @@ Open the dashboard with ``tensorboard --logdir runs``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
-from rich.table import Table
 from torch import Tensor
 
+from spectral_lightning.analysis import (
+    frequency_plane,
+    markdown_table,
+    parameter_report,
+    parameter_table,
+    rich_table,
+    stable_rank,
+)
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import GPT
-from spectral_lightning.parameterizations import (
-    DCTLinear,
-    Parameterization,
-    ParameterizedLinear,
-    dct_matrix,
-)
+from spectral_lightning.parameterizations import Parameterization, resolve
 
-# -- parameter counting ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    """One parameterized linear: its weight is m×n (``out_features`` × ``in_features``)."""
-
-    name: str
-    m: int
-    n: int
-    strategy: str
-    stored: int
-    dense: int
-
-    @property
-    def ratio(self) -> float:
-        return self.stored / self.dense
-
-
-@dataclass(frozen=True)
-class ParameterTotals:
-    """Model totals.
-
-    Attributes:
-        stored: every Parameter value of the model (embeddings, norms, biases, head, layers' stored values).
-        dense: the same count for the dense model of the same shape (every linear stores m·n values).
-        linear_stored: stored weight values of the parameterized linears (biases excluded).
-        linear_dense: m·n summed over the parameterized linears.
-    """
-
-    stored: int
-    dense: int
-    linear_stored: int
-    linear_dense: int
-
-    @property
-    def ratio(self) -> float:
-        return self.stored / self.dense
-
-    @property
-    def linear_ratio(self) -> float:
-        return self.linear_stored / self.linear_dense if self.linear_dense else 1.0
-
-
-def parameter_report(gpt: GPT) -> tuple[list[LayerRow], ParameterTotals]:
-    """Rows for every parameterized linear of ``gpt`` and the model totals.
-
-    ``totals.stored`` is ``sum(p.numel() for p in gpt.parameters())``; ``totals.dense`` is that count for
-    ``GPT(gpt.config, Dense())``: each linear's stored values are replaced by m·n, everything else is shared.
-    """
-    linears = gpt.linears()
-    rows = []
-    for name in gpt.parameterized:
-        layer = linears[name]
-        m, n = layer.out_features, layer.in_features
-        rows.append(LayerRow(name, m, n, layer.describe(), layer.stored, m * n))
-    stored = sum(p.numel() for p in gpt.parameters())
-    # Every linear (parameterized or not) would hold m·n weight values in the dense model.
-    extra = sum(layer.out_features * layer.in_features - layer.stored for layer in linears.values())
-    totals = ParameterTotals(
-        stored=stored,
-        dense=stored + extra,
-        linear_stored=sum(r.stored for r in rows),
-        linear_dense=sum(r.dense for r in rows),
-    )
-    return rows, totals
-
-
-def parameter_table(rows: list[LayerRow], totals: ParameterTotals, title: str = "parameterized linears") -> Table:
-    """A rich table of the rows, with subtotal (parameterized linears) and model-total footer rows."""
-    table = Table(title=title, show_footer=False, header_style="bold")
-    for header, justify in (
-        ("layer", "left"),
-        ("shape (m×n)", "right"),
-        ("strategy", "left"),
-        ("stored", "right"),
-        ("dense", "right"),
-        ("ratio", "right"),
-    ):
-        table.add_column(header, justify=justify)
-    for r in rows:
-        table.add_row(r.name, f"{r.m}×{r.n}", r.strategy, f"{r.stored:,}", f"{r.dense:,}", f"{r.ratio:.1%}")
-    table.add_section()
-    table.add_row(
-        "parameterized linears", "", "", f"{totals.linear_stored:,}", f"{totals.linear_dense:,}",
-        f"{totals.linear_ratio:.1%}", style="bold",
-    )  # fmt: skip
-    table.add_row(
-        "model total (all parameters)", "", "vs dense model", f"{totals.stored:,}", f"{totals.dense:,}",
-        f"{totals.ratio:.1%}", style="bold",
-    )  # fmt: skip
-    return table
-
-
-def markdown_table(rows: list[LayerRow], totals: ParameterTotals) -> str:
-    """The same table as Markdown (TensorBoard's text tab renders it)."""
-    lines = ["| layer | shape (m×n) | strategy | stored | dense | ratio |", "|---|---|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.name} | {r.m}×{r.n} | {r.strategy} | {r.stored:,} | {r.dense:,} | {r.ratio:.1%} |")
-    lines.append(
-        f"| **parameterized linears** | | | {totals.linear_stored:,} | {totals.linear_dense:,} | "
-        f"{totals.linear_ratio:.1%} |"
-    )
-    lines.append(f"| **model total** | | vs dense model | {totals.stored:,} | {totals.dense:,} | {totals.ratio:.1%} |")
-    return "\n".join(lines)
-
-
-# -- helpers -----------------------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------------------
 
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
     """The trainer's first TensorBoardLogger, or None."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger
-    return None
+    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
 
 
 def log_step(trainer: L.Trainer) -> int:
@@ -184,7 +76,37 @@ def _gpt(pl_module: L.LightningModule) -> GPT:
     return model
 
 
-# -- console -----------------------------------------------------------------------------------------------
+class _EveryNValidations(L.Callback):
+    """A callback that acts at validations N, 2N, 3N, ... (sanity check excluded, rank 0 only).
+
+    The count is saved in checkpoints (``{"validations": count}``), so a resumed run keeps the cadence.
+    """
+
+    def __init__(self, every_n_validations: int) -> None:
+        super().__init__()
+        option = f"{type(self).__name__}.every_n_validations"
+        self.every_n_validations = _check_positive(option, every_n_validations)
+        self._validations = 0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if self._validations % self.every_n_validations == 0 and trainer.is_global_zero:
+            self.write(trainer, pl_module)
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write this callback's output at the current step (called on rank 0 only)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self._validations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._validations = int(state_dict.get("validations", 0))
+
+
+# -- console -------------------------------------------------------------------------------------------------
 
 
 class ThroughputMonitor(L.Callback):
@@ -245,8 +167,8 @@ class ThroughputMonitor(L.Callback):
 class ParameterTable(L.Callback):
     """At fit start, print a rich table of every parameterized linear and the model totals (rank 0 only).
 
-    Columns: layer name, weight shape m×n, strategy, stored values, dense values (m·n), ratio. Footer rows:
-    the parameterized linears' sum, and the whole model's parameters against the dense model of the same
+    Columns: layer name, weight shape m×n, parameterization, stored values, dense values (m·n), ratio. Footer
+    rows: the parameterized linears' sum, and the whole model's parameters against the dense model of the same
     shape (embeddings, norms, biases and the LM head included).
 
     Args:
@@ -262,14 +184,14 @@ class ParameterTable(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        rows, totals = parameter_report(_gpt(pl_module))
+        table = parameter_table(*parameter_report(_gpt(pl_module)))
         console = Console(width=self.width)
         if self.width is None and not console.is_terminal:
             console = Console(width=120)  # logs and pipes: wide enough that no layer name is cut
-        console.print(parameter_table(rows, totals))
+        console.print(rich_table(table))
         tb = tensorboard_logger(trainer)
         if self.log_text and tb is not None:
-            tb.experiment.add_text("model/parameters", markdown_table(rows, totals), log_step(trainer))
+            tb.experiment.add_text("model/parameters", markdown_table(table), log_step(trainer))
 
 
 # -- TensorBoard ---------------------------------------------------------------------------------------------
@@ -307,22 +229,16 @@ class ScalarLayout(L.Callback):
             tb.experiment.add_custom_scalars(self.layout())
 
 
-def _plain(value: Any) -> Any:
-    """A Parameterization as its class_path/init_args mapping (what YAML holds); anything else unchanged."""
-    if isinstance(value, Parameterization):
-        return {"class_path": type(value).__name__, "init_args": value.options()}
-    return value
-
-
 class HParamsSummary(L.Callback):
     """Fill TensorBoard's HPARAMS tab so runs of different configs compare in one table.
 
     After every validation (not the sanity check) the run's hyperparameters (model and data options, the
-    parameterization's options, ``trainer/max_steps``, ``trainer/precision``, ``trainer/world_size``) are
-    written with four metrics: ``hparams/val_loss`` and ``hparams/val_ppl`` (the latest validation, hence
-    the final one once training ends), ``hparams/stored_ratio`` (model parameters / dense model
-    parameters) and ``hparams/stored_params`` (model parameters). Configs set ``default_hp_metric: false``
-    so no ``hp_metric = -1`` placeholder is written.
+    parameterization as ``parameterization/class_path`` and ``parameterization/init_args/*`` in the form of
+    :meth:`~spectral_lightning.parameterizations.Parameterization.spec`, ``trainer/max_steps``,
+    ``trainer/precision``, ``trainer/world_size``) are written with four metrics: ``hparams/val_loss`` and
+    ``hparams/val_ppl`` (the latest validation, hence the final one once training ends),
+    ``hparams/stored_ratio`` (model parameters / dense model parameters) and ``hparams/stored_params`` (model
+    parameters). Configs set ``default_hp_metric: false`` so no ``hp_metric = -1`` placeholder is written.
 
     Args:
         loss_key: the validation loss metric to report.
@@ -336,10 +252,14 @@ class HParamsSummary(L.Callback):
 
     def params(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Every hyperparameter of the run (nested dicts are flattened by the logger)."""
-        params: dict[str, Any] = {k: _plain(v) for k, v in pl_module.hparams_initial.items()}
+        params: dict[str, Any] = dict(pl_module.hparams_initial)
         if trainer.datamodule is not None:
-            params.update({k: _plain(v) for k, v in trainer.datamodule.hparams_initial.items()})
+            params.update(trainer.datamodule.hparams_initial)
         params = {k: v for k, v in params.items() if not k.startswith("_")}  # LightningCLI's internals
+        # A name ("dct"), a YAML mapping or an instance: written in the one serialized form, so runs compare.
+        if "parameterization" in params:
+            params["parameterization"] = resolve(params["parameterization"]).spec()
+        params = {k: v.spec() if isinstance(v, Parameterization) else v for k, v in params.items()}
         params["trainer"] = {
             "max_steps": trainer.max_steps,
             "precision": str(trainer.precision),
@@ -349,6 +269,7 @@ class HParamsSummary(L.Callback):
         return params
 
     def metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """The four ``hparams/*`` metrics (the validation ones only once a validation has logged them)."""
         _, totals = parameter_report(_gpt(pl_module))
         out = {"hparams/stored_ratio": totals.ratio, "hparams/stored_params": float(totals.stored)}
         for key, tag in ((self.loss_key, "hparams/val_loss"), (self.ppl_key, "hparams/val_ppl")):
@@ -366,7 +287,7 @@ class HParamsSummary(L.Callback):
         tb.log_hyperparams(self.params(trainer, pl_module), self.metrics(trainer, pl_module), step=log_step(trainer))
 
 
-class TextSamples(L.Callback):
+class TextSamples(_EveryNValidations):
     """After each validation, write continuations of a fixed prompt to TensorBoard text (``samples``).
 
     Sampling uses a private generator seeded with ``seed`` (rank 0 only), so the same checkpoint always
@@ -392,7 +313,7 @@ class TextSamples(L.Callback):
         seed: int = 1337,
         every_n_validations: int = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(every_n_validations)
         if not prompt:
             raise ConfigError("TextSamples.prompt='' is not valid: expected at least one character (e.g. '\\n')")
         if isinstance(temperature, bool) or not temperature >= 0:
@@ -405,8 +326,6 @@ class TextSamples(L.Callback):
         self.top_k = top_k
         self.num_samples = _check_positive("TextSamples.num_samples", num_samples)
         self.seed = seed
-        self.every_n_validations = _check_positive("TextSamples.every_n_validations", every_n_validations)
-        self._validations = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         vocab = pl_module.tokenizer.vocab
@@ -417,12 +336,8 @@ class TextSamples(L.Callback):
                 f"training vocabulary {vocab!r}; choose a prompt made of those characters"
             )
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if self._validations % self.every_n_validations or not trainer.is_global_zero:
-            return
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Generate the samples and write them as TensorBoard text (nothing without a TensorBoardLogger)."""
         tb = tensorboard_logger(trainer)
         if tb is None:
             return
@@ -438,29 +353,14 @@ class TextSamples(L.Callback):
         body = "\n\n".join("\n".join("    " + line for line in t.split("\n")) for t in texts)
         tb.experiment.add_text("samples", f"step {trainer.global_step}, seed {self.seed}:\n\n{body}", log_step(trainer))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self._validations}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._validations = int(state_dict.get("validations", 0))
-
-
-def stable_rank(weight: Tensor) -> float:
-    """‖W‖_F² / ‖W‖₂² (in [1, rank W]; 0 for an all-zero W), computed in float64."""
-    w = weight.detach().double()
-    top = torch.linalg.matrix_norm(w, ord=2)
-    if top == 0:
-        return 0.0
-    return float(w.square().sum() / top.square())
-
-
-class SpectrumMonitor(L.Callback):
+class SpectrumMonitor(_EveryNValidations):
     """Every N validations, per parameterized layer: its DCT spectrum, stable rank and stored values.
 
-    * ``spectrum/<layer>``: a (1, m, n) grayscale image of log10 |X|² over the full m×n frequency plane
-      (row 0, column 0 = the lowest frequencies, top-left). For DCT layers X holds the stored coefficients at
-      their positions (zero, shown black, elsewhere); for any other layer X = C_m W C_nᵀ is the 2-D DCT of
-      the materialized weight. Brightness spans the top ``dynamic_range`` decades of each image.
+    * ``spectrum/<layer>``: a (1, m, n) grayscale image of log10 |X|² over the layer's
+      :func:`~spectral_lightning.analysis.frequency_plane` X (row 0, column 0 = the lowest frequencies,
+      top-left; a DCT layer's unstored coefficients are zero, shown black). Brightness spans the top
+      ``dynamic_range`` decades of each image.
     * ``stable_rank/<layer>``: ‖W‖_F² / ‖W‖₂² of the materialized weight (between 1 and min(m, n)).
     * ``coefficients/<layer>``: a histogram of the layer's stored values (DCT coefficients, low-rank factor
       entries, or dense weights).
@@ -482,34 +382,13 @@ class SpectrumMonitor(L.Callback):
         histograms: bool = True,
         dynamic_range: float = 6.0,
     ) -> None:
-        super().__init__()
-        self.every_n_validations = _check_positive("SpectrumMonitor.every_n_validations", every_n_validations)
+        super().__init__(every_n_validations)
         if isinstance(dynamic_range, bool) or not (isinstance(dynamic_range, (int, float)) and dynamic_range > 0):
             raise ConfigError(f"SpectrumMonitor.dynamic_range={dynamic_range!r} is not valid: expected a number > 0")
         self.at_start = at_start
         self.images = images
         self.histograms = histograms
         self.dynamic_range = float(dynamic_range)
-        self._validations = 0
-        self._bases: dict[tuple[int, torch.device], Tensor] = {}
-
-    def _basis(self, n: int, device: torch.device) -> Tensor:
-        key = (n, device)
-        if key not in self._bases:
-            self._bases[key] = dct_matrix(n, torch.float32, device)
-        return self._bases[key]
-
-    @torch.no_grad()
-    def frequency_plane(self, layer: ParameterizedLinear) -> Tensor:
-        """The m×n coefficient matrix X of ``layer`` (float32)."""
-        m, n = layer.out_features, layer.in_features
-        if isinstance(layer, DCTLinear):
-            corner = layer.coefficient_matrix().detach()  # (ra, cb)
-            x = corner.new_zeros(m, n)
-            x[: corner.shape[0], : corner.shape[1]] = corner
-            return x
-        w = layer.weight.detach().float()  # (m, n)
-        return self._basis(m, w.device) @ w @ self._basis(n, w.device).t()  # (m, n)
 
     def energy_image(self, x: Tensor) -> Tensor:
         """log10 |X|² scaled to uint8 [0, 255] over the top ``dynamic_range`` decades, shape (1, m, n)."""
@@ -519,7 +398,7 @@ class SpectrumMonitor(L.Callback):
         return (scaled * 255.0).round().to(torch.uint8).unsqueeze(0).cpu()
 
     @torch.no_grad()
-    def log_layers(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write every parameterized layer's image, stable rank and histogram at the current step."""
         tb = tensorboard_logger(trainer)
         step = log_step(trainer)
@@ -532,7 +411,7 @@ class SpectrumMonitor(L.Callback):
             if tb is None:
                 continue
             if self.images:
-                image = self.energy_image(self.frequency_plane(layer))
+                image = self.energy_image(frequency_plane(layer))
                 tb.experiment.add_image(f"spectrum/{name}", image, step, dataformats="CHW")
             if self.histograms:
                 values = torch.cat([p.detach().flatten().float() for p in layer.weight_parameters()]).cpu()
@@ -542,34 +421,15 @@ class SpectrumMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_start and trainer.global_step == 0 and trainer.is_global_zero:
-            self.log_layers(trainer, pl_module)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if self._validations % self.every_n_validations == 0 and trainer.is_global_zero:
-            self.log_layers(trainer, pl_module)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self._validations}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._validations = int(state_dict.get("validations", 0))
+            self.write(trainer, pl_module)
 
 
 __all__ = [
     "HParamsSummary",
-    "LayerRow",
     "ParameterTable",
-    "ParameterTotals",
     "ScalarLayout",
     "SpectrumMonitor",
     "TextSamples",
     "ThroughputMonitor",
-    "markdown_table",
-    "parameter_report",
-    "parameter_table",
-    "stable_rank",
     "tensorboard_logger",
 ]
