@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -32,11 +31,8 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from spectral_lightning import DCT, CharDataModule, SpectralLM  # noqa: E402
-from spectral_lightning.callbacks import (  # noqa: E402
+from spectral_lightning import DCT, CharDataModule, SpectralLM
+from spectral_lightning.callbacks import (
     HParamsSummary,
     ParameterTable,
     ScalarLayout,
@@ -45,6 +41,7 @@ from spectral_lightning.callbacks import (  # noqa: E402
     ThroughputMonitor,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 HOOKS = (
     "on_fit_start",
     "on_train_start",

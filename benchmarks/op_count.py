@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spectral_lightning import GPT, GPTConfig  # noqa: E402 (after the path set-up above)
-from spectral_lightning.parameterizations import resolve  # noqa: E402
+from spectral_lightning import GPT, GPTConfig
+from spectral_lightning.parameterizations import resolve
 
 CONFIGS: dict[str, object] = {
     "dense": "dense",

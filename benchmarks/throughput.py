@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 #: name -> (parameterization spec for SpectralLM, label)
 CONFIGS: dict[str, dict] = {

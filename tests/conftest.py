@@ -1,32 +1,15 @@
-"""Shared fixtures: small texts the tests make themselves (never the downloaded corpus)."""
+"""Fixtures and test-session settings. The helpers the test modules import live in tests/helpers.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-
-from spectral_lightning import available
+from helpers import make_text
 
 # Tiny test models run fastest on one thread (and do not fight parallel subprocesses for cores).
 torch.set_num_threads(1)
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
-    """A learnable text: a few short words repeated in a seeded random order, with punctuation."""
-    gen = torch.Generator().manual_seed(seed)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it", "big", "red", "hat"]
-    out, size = [], 0
-    while size < n_chars:
-        w = words[int(torch.randint(len(words), (1,), generator=gen))]
-        sep = ".\n" if int(torch.randint(8, (1,), generator=gen)) == 0 else " "
-        out.append(w + sep)
-        size += len(w) + len(sep)
-    return "".join(out)[:n_chars]
 
 
 @pytest.fixture
@@ -35,29 +18,3 @@ def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.txt"
     path.write_text(make_text(), encoding="utf-8")
     return path
-
-
-def strategy_cases() -> list[tuple[str, dict]]:
-    """Every registered strategy with its default options (as YAML would give them), plus one case per DCT
-    selection: the rows the precision and compile tests run for each strategy. A newly registered strategy
-    joins them without an edit; its own explicit row belongs in tests/test_parameterizations.py."""
-    cases = [(name, {"class_path": name}) for name in available() if name != "dct"]
-    cases += [
-        (f"dct-{sel}", {"class_path": "dct", "init_args": {"selection": sel}})
-        for sel in ("lowpass", "zigzag", "random")
-    ]
-    return sorted(cases)
-
-
-def quiet_trainer(**options: object) -> L.Trainer:
-    """A CPU Trainer that writes and prints nothing (no logger, checkpoints, progress bar, summary or
-    validation) unless ``options`` say otherwise: for tests that only need a few training steps."""
-    defaults: dict[str, object] = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    return L.Trainer(**{**defaults, **options})

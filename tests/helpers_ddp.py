@@ -1,8 +1,8 @@
 """A test-only callback for the DDP test: each rank records what it trained on and what it ended with.
 
-Passed to ``cli.py`` as ``--trainer.callbacks+=tests.helpers_ddp.RecordBatches --trainer.callbacks.out_dir DIR``;
-every rank writes ``DIR/rank<r>.pt`` holding the batches it drew, its final weight-defining parameters and
-the DDP settings in force.
+Passed to ``cli.py`` (with ``tests/`` on ``PYTHONPATH``) as ``--trainer.callbacks+=helpers_ddp.RecordBatches
+--trainer.callbacks.out_dir DIR``; every rank writes ``DIR/rank<r>.pt`` holding the batches it drew, its final
+weight-defining parameters and the DDP settings in force.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, quiet_trainer, strategy_cases
+from helpers import REPO, quiet_trainer, strategy_cases
 
 from spectral_lightning import GPT, CharDataModule, GPTConfig, SpectralLM
 from spectral_lightning.parameterizations import (

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_text
+from helpers import make_text
 
 import spectral_lightning.data as data
 import spectral_lightning.files as files

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.conftest import REPO
+from helpers import REPO
 
 TINY = [
     "--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "32", "--model.warmup_steps", "0",
@@ -28,9 +27,9 @@ def run_ddp(tmp_path: Path, text_file: Path, config: str, extra: list[str]) -> l
         "--data.path", str(text_file), *TINY, *extra,
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.callbacks+=tests.helpers_ddp.RecordBatches", f"--trainer.callbacks.out_dir={out}",
+        "--trainer.callbacks+=helpers_ddp.RecordBatches", f"--trainer.callbacks.out_dir={out}",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}  # ranks import helpers_ddp
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

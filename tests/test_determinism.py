@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from conftest import make_text
+from helpers import make_text
 from lightning.pytorch.callbacks import Callback
 
 from spectral_lightning.cli import cli_main

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import strategy_cases
+from helpers import strategy_cases
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from spectral_lightning import CharDataModule, SpectralLM

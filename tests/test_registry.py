@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.parameterizations import (
@@ -22,7 +22,6 @@ from spectral_lightning.parameterizations import (
     unregister,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 BUILTINS = ("dct", "dense", "lowrank")
 
 
