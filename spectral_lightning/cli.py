@@ -1,29 +1,24 @@
-"""The LightningCLI behind ``cli.py``: links data to model, picks hardware defaults, and keeps runs safe.
+"""The LightningCLI behind ``cli.py``: links data to model, picks hardware defaults, and checks before it writes.
 
 * User errors (options, files, checkpoints, output folders) are one line, ``error: ...``, exit status 2
   (parsing errors too: :mod:`spectral_lightning.parse_errors`),
-  raised before anything is written: output folders and ``--ckpt_path`` are checked before the run starts.
+  raised before anything is written: output folders and ``--ckpt_path`` are checked before the run starts
+  (checkpoints through :mod:`spectral_lightning.checkpoints`, the reader every entry point shares).
 * SIGINT (Ctrl-C) or SIGTERM during ``fit`` finishes the current optimizer step, writes ``last.ckpt`` and
-  exits with status 130 / 143; a second signal stops at once without saving (:class:`SaveOnInterrupt`).
+  exits with status 130 / 143; checkpoints are written atomically (:mod:`spectral_lightning.safety`).
 * ``fit --ckpt_path last`` resumes from the newest ``last.ckpt`` of the experiment (the logger's
   ``save_dir/name/*/checkpoints``) and keeps logging into that run's version folder, with the same step,
   LR schedule, data stream and dropout RNG.
-* Checkpoints are written to a temporary file in their folder and renamed into place
-  (:class:`AtomicCheckpointIO`), so a crash mid-write never leaves a truncated ``last.ckpt``.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
-import pickle
-import signal
 import sys
-import threading
 import warnings
-import zipfile
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -31,14 +26,16 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.plugins.io import CheckpointIO
 
+from spectral_lightning.checkpoints import read_checkpoint
 from spectral_lightning.data import CharDataModule
 from spectral_lightning.errors import ConfigError, TrainingInterrupted, exit_on_user_error
-from spectral_lightning.files import atomic_write
 from spectral_lightning.module import NonFiniteLossError, SpectralLM
 from spectral_lightning.parameterizations import find_class
-from spectral_lightning.parse_errors import SpectralArgumentParser
+from spectral_lightning.parse_errors import SpectralArgumentParser, command_line
+from spectral_lightning.progress import drop_tips
+from spectral_lightning.safety import AtomicCheckpointIO, SaveOnInterrupt
 
 
 def default_precision(accelerator: object = "auto") -> str:
@@ -50,85 +47,6 @@ def default_precision(accelerator: object = "auto") -> str:
     if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` that writes each local checkpoint to a temporary file in the destination folder,
-    fsyncs it and renames it into place, so the path holds either the old or the new checkpoint, never a
-    partial one. (Lightning's own writer stages the file in the system temp folder and moves it, which is a
-    plain copy when that folder is on another filesystem.) Remote paths (``s3://``, ...) use Lightning's writer.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        if storage_options is not None or "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
-        return None
-
-
-class SaveOnInterrupt(Callback):
-    """Turns SIGINT (Ctrl-C) and SIGTERM during training into a checkpoint at a step boundary, then a stop.
-
-    The first signal is only recorded. At the end of the current training step (after the optimizer and LR
-    scheduler have stepped: the state an uninterrupted run has at that step) ``last.ckpt`` is written into the
-    checkpoint folder and :class:`~spectral_lightning.errors.TrainingInterrupted` is raised, so
-    ``fit --ckpt_path last`` continues exactly. A second signal stops at once without saving. Under DDP the
-    ranks agree on the stop at the same step. ``cli.py`` adds this callback to every ``fit``.
-    """
-
-    SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = None
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be installed from the main thread
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:
-            self._restore()
-            raise KeyboardInterrupt
-        self.received = signum
-        print(
-            f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after the current step "
-            "(send it again to stop at once without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        stop = self.received is not None
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
-            return
-        signum = self.received if self.received is not None else signal.SIGTERM
-        path = None
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and ckpt.dirpath is not None:
-            path = os.path.join(ckpt.dirpath, f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
-            trainer.save_checkpoint(path, weights_only=False)
-        self._restore()
-        raise TrainingInterrupted(signum, trainer.global_step, path)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
 
 
 def find_last_checkpoint(trainer: L.Trainer) -> str | None:
@@ -150,71 +68,10 @@ def find_last_checkpoint(trainer: L.Trainer) -> str | None:
     return max(found, key=os.path.getmtime) if found else None
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Open a ``--ckpt_path`` the way LightningCLI does (weights-only, tensors memory-mapped rather than read)
-    and raise :class:`ConfigError` if it is missing, damaged or not a Lightning checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"--ckpt_path {path} does not exist (or is not a file); expected a checkpoint written by fit, e.g. "
-            "runs/<name>/version_0/checkpoints/last.ckpt, or 'last' for the newest one"
-        )
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no central directory
-        raise ConfigError(f"--ckpt_path {path} is not a complete checkpoint archive; {_CORRUPT_HINT}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise ConfigError(
-            f"--ckpt_path {path} holds objects that safe (weights-only) loading refuses ({_first_line(err)}); "
-            "use a checkpoint written by this project's fit"
-        ) from None
-    except Exception as err:  # noqa: BLE001 (torch raises RuntimeError, EOFError, ... for damaged files)
-        raise ConfigError(f"--ckpt_path {path} cannot be read: {_first_line(err)}; {_CORRUPT_HINT}") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict); {_CORRUPT_HINT}")
-    return ckpt
-
-
-def check_checkpoint(path: str | Path, model: SpectralLM) -> None:
-    """Raise :class:`ConfigError` unless ``path`` is a readable checkpoint whose vocabulary and tensors fit
-    ``model`` (checked before the run writes anything)."""
-    ckpt = read_checkpoint(path)
-    saved_vocab = (ckpt.get("hyper_parameters") or {}).get("vocab")
-    vocab = model.hparams.get("vocab")
-    if saved_vocab is not None and vocab is not None and saved_vocab != vocab:
-        raise ConfigError(
-            f"--ckpt_path {path} was trained on a vocabulary of {len(saved_vocab)} characters ({saved_vocab!r}), "
-            f"but this run's data has {len(vocab)} ({vocab!r}); use the text it was trained on (--data.path), "
-            "or start a new run without --ckpt_path"
-        )
-    saved, expected = ckpt["state_dict"], model.state_dict()
-    problems = [f"{k} is missing" for k in expected if k not in saved]
-    problems += [f"{k} is not in this model" for k in saved if k not in expected]
-    problems += [
-        f"{k} has shape {tuple(saved[k].shape)}, this model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
-    ]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ConfigError(
-            f"--ckpt_path {path} does not fit this model: {'; '.join(problems[:3])}{more}; use the model options "
-            "of the run that wrote it (its hparams.yaml / config.yaml)"
-        )
-
-
-_CORRUPT_HINT = "the file is truncated, corrupt or not a checkpoint: use another one (e.g. an earlier .ckpt)"
-
-
 def _special_ckpt_path(ckpt_path: str) -> bool:
     """Values of ``--ckpt_path`` that Lightning resolves itself (or that are remote)."""
     text = str(ckpt_path)
     return text in ("last", "best", "hpc") or text.startswith("registry") or "://" in text
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def check_writable(option: str, path: str | Path) -> None:
@@ -245,9 +102,18 @@ def _is_progress_bar(callback: Any) -> bool:
         return False
     try:
         cls = find_class(class_path)  # a dotted path: imports its module
-    except (ImportError, AttributeError):
+    except ConfigError:
         return False  # not importable: left for instantiation to report
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
+def logger_save_dir(default_root_dir: str | None, logger: Any) -> str | None:
+    """The ``save_dir`` of the configured logger: the one it was given, else ``trainer.default_root_dir``, so that
+    ``--trainer.default_root_dir X`` moves the whole run (events, checkpoints, config.yaml) as in plain Lightning.
+    Several loggers (a list) all write under ``trainer.default_root_dir``."""
+    init_args = getattr(logger, "init_args", None)
+    given = getattr(init_args, "save_dir", None)
+    return default_root_dir if given is None else given
 
 
 class SpectralCLI(LightningCLI):
@@ -255,6 +121,9 @@ class SpectralCLI(LightningCLI):
         # The vocabulary exists right after the DataModule's __init__; it travels into the model's hparams.
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
         parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments(
+            ("trainer.default_root_dir", "trainer.logger"), "trainer.logger.init_args.save_dir", logger_save_dir
+        )
 
     def before_instantiate_classes(self) -> None:
         # trainer.precision left unset (null) follows the accelerator the run uses: a CPU run on a GPU machine
@@ -262,23 +131,21 @@ class SpectralCLI(LightningCLI):
         trainer = self.config.get(str(self.subcommand), self.config).get("trainer")
         if trainer is not None and trainer.get("precision") is None:
             trainer["precision"] = default_precision(trainer.get("accelerator", "auto"))
-        # The configs list RichProgressBar among their callbacks; `--trainer.enable_progress_bar false` (e.g. for
+        # The configs list a progress bar among their callbacks; `--trainer.enable_progress_bar false` (e.g. for
         # a run logged to a file) means "no bar", not Lightning's error about the conflict, so drop it here.
         if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             trainer["callbacks"] = [cb for cb in trainer["callbacks"] if not _is_progress_bar(cb)]
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         # SpectralArgumentParser reports a bad option in one line naming where it was given: it needs the args.
-        given = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
-        for p in [parser, *getattr(parser._subcommands_action, "_name_parser_map", {}).values()]:
-            p.cli_args = given
-        super().parse_arguments(parser, args)
+        with command_line(args if isinstance(args, (list, tuple)) else sys.argv[1:]):
+            super().parse_arguments(parser, args)
         # LightningCLI reads an explicit --ckpt_path right after parsing (to take the model's options from it):
         # check first that it exists and is readable, so a damaged file is one sentence, not a traceback.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is not None and not _special_ckpt_path(ckpt_path):
-            read_checkpoint(ckpt_path)
+            read_checkpoint(ckpt_path).require_lightning()
 
     def instantiate_classes(self) -> None:
         try:
@@ -294,7 +161,8 @@ class SpectralCLI(LightningCLI):
             raise cause from None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        plugins = (self._get(self.config_init, "trainer", default={}) or {}).get("plugins")
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = (config.get("trainer") or {}).get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if "plugins" not in kwargs and not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
@@ -319,6 +187,9 @@ class SpectralCLI(LightningCLI):
                 check_writable(option, path)
 
     def _check_ckpt_path(self, subcommand: str) -> None:
+        init_from = self.model.hparams.get("init_from")
+        if init_from:  # read and checked now, applied when the trainer configures the model
+            self.model.check_source(init_from)
         config = self.config_init[subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None or (ckpt_path != "last" and _special_ckpt_path(ckpt_path)):
@@ -331,20 +202,26 @@ class SpectralCLI(LightningCLI):
                 return
             print(f"--ckpt_path last: resuming from {ckpt_path}", file=sys.stderr)
             self._continue_in_run_folder(ckpt_path)
-        check_checkpoint(ckpt_path, self.model)
+        ckpt = read_checkpoint(ckpt_path)
+        ckpt.check_vocab(self.model.hparams.vocab)
+        ckpt.check_state_dict(self.model.state_dict())
 
     def _continue_in_run_folder(self, ckpt_path: str) -> None:
         """Log a run resumed with ``last`` into the version folder it continues (one TensorBoard run, and
-        ModelCheckpoint restores its best-k state), unless the logger's version was set explicitly."""
-        trainer = self.trainer
+        ModelCheckpoint restores its best-k state), unless the logger's version was set explicitly: the logger of
+        the config is built again with that version. (Several loggers, or none from the config: a new version.)"""
+        trainer, folder = self.trainer, Path(ckpt_path).parent  # <save_dir>/<name>/<version>/checkpoints
         ckpt = trainer.checkpoint_callback
-        if ckpt is None or ckpt.dirpath is not None or not trainer.loggers:
+        spec = self.config[self.subcommand].get("trainer", {}).get("logger")
+        if ckpt is None or ckpt.dirpath is not None or folder.name != "checkpoints" or not trainer.loggers:
             return
-        logger, folder = trainer.loggers[0], Path(ckpt_path).parent  # <save_dir>/<name>/<version>/checkpoints
-        # TensorBoardLogger and CSVLogger keep an unset version as `_version = None` until first used.
-        if getattr(logger, "_version", "pinned") is None and folder.name == "checkpoints":
-            logger._version = folder.parent.name
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if not isinstance(getattr(spec, "class_path", None), str):
+            return
+        init_args = spec.init_args.as_dict() if spec.get("init_args") is not None else {}
+        if init_args.get("version") is not None:
+            return
+        trainer.loggers = [type(trainer.loggers[0])(**{**init_args, "version": folder.parent.name})]
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
     def before_fit(self) -> None:
         self._check_outputs()
@@ -376,6 +253,16 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SpectralCLI:
     # The training stream is a function of (seed, rank, step) and resumes mid-epoch exactly (data.py); Lightning
     # cannot see that and warns on every mid-epoch resume.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    # A normal run's console shows the run, not notices about its dependencies:
+    # - torch's deprecation of the pytree API that Lightning itself calls (nothing a user of this project can
+    #   change; it goes when Lightning updates).
+    leaf_spec = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+    warnings.filterwarnings("ignore", message=leaf_spec, category=FutureWarning)
+    # - ModelCheckpoint's note that val/loss is missing when a run ends before its first validation: last.ckpt is
+    #   written anyway, and once a validation has run a missing key is an error, not this warning.
+    warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key")
+    # - Lightning's product tips, logged on every run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(drop_tips)
     try:
         with exit_on_user_error(NonFiniteLossError, MisconfigurationException):
             return SpectralCLI(

@@ -1,9 +1,11 @@
 """Every config in configs/: it parses, holds the shared budget, and a debug-size copy of it trains through
-``cli.py`` in a subprocess, writes checkpoints and TensorBoard events, then validates and tests from them."""
+``cli.py`` in a subprocess, writes checkpoints and TensorBoard events under ``--trainer.default_root_dir``, then
+validates and tests from them. The console of a short run shows its steps and nothing from its dependencies."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_text
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from helpers import REPO, make_text, quiet_trainer
+from lightning.pytorch.callbacks import ProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from spectral_lightning import CharDataModule, SpectralLM
 from spectral_lightning.cli import cli_main, default_precision
+from spectral_lightning.progress import StepProgressBar
 
 ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Add-ons (ddp.yaml, fast.yaml, ...) open with "# Add-on:" and are stacked after an experiment config.
@@ -27,14 +31,14 @@ PAPER_CONFIGS = {"dct2x", "dct4x", "dense", "lowrank", "lowrank48"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def debug_args(config: Path, text: Path, save_dir: Path) -> list[str]:
-    """The config at debug size: 1 layer, d = 32, context 32, batch 8, 20 steps (two validations)."""
+def debug_args(config: Path, text: Path, root: Path) -> list[str]:
+    """The config at debug size: 1 layer, d = 32, context 32, batch 8, 20 steps (two validations), its run
+    folder moved to ``root`` the way a Lightning user moves it."""
     args = [
         "--config", str(config), "--data.path", str(text),
         "--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2",
         "--data.block_size", "32", "--data.batch_size", "8", "--data.batches_per_epoch", "10",
-        "--trainer.max_steps", "20", "--trainer.accelerator", "cpu",
-        "--trainer.logger.init_args.save_dir", str(save_dir),
+        "--trainer.max_steps", "20", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(root),
     ]  # fmt: skip
     if config.stem == "lowrank48":  # rank 48 does not fit a 32-wide layer; the override a user would make
         args += ["--model.parameterization.init_args.rank", "8"]
@@ -60,18 +64,27 @@ def test_every_paper_config_is_present() -> None:
     assert {c.stem for c in CONFIGS} >= PAPER_CONFIGS
 
 
+def printed_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    """What ``cli.py fit <args> --print_config`` prints: every option of the run, as a dict."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (None, 0)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
-def test_config_parses_and_holds_the_shared_budget(
+def test_config_opens_with_its_command_and_parses(
     config: Path, tiny_text: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     head = config.read_text(encoding="utf-8").splitlines()
     assert head[0].startswith("#") and any(f"python cli.py fit --config configs/{config.name}" in h for h in head)
-    with pytest.raises(SystemExit) as exit_:
-        cli_main(["fit", "--config", str(config), "--data.path", str(tiny_text), "--print_config"])
-    assert exit_.value.code in (None, 0)
-    cfg = yaml.safe_load(capsys.readouterr().out)
-    if config.stem not in PAPER_CONFIGS:
-        return
+    cfg = printed_config(["--config", str(config), "--data.path", str(tiny_text)], capsys)
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == config.stem  # runs/<config name>/version_N
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_config_holds_the_shared_budget(name: str, tiny_text: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = printed_config(["--config", str(REPO / "configs" / f"{name}.yaml"), "--data.path", str(tiny_text)], capsys)
     model, data, trainer = cfg["model"], cfg["data"], cfg["trainer"]
     assert (model["n_layer"], model["n_head"], model["n_embd"]) == (4, 4, 128)
     assert (model["lr"], list(model["betas"]), model["weight_decay"]) == (1e-3, [0.9, 0.99], 0.1)
@@ -81,10 +94,12 @@ def test_config_parses_and_holds_the_shared_budget(
     assert trainer["max_steps"] == 5000
     assert data["batches_per_epoch"] * trainer["check_val_every_n_epoch"] == 500  # validation every 500 steps
     assert trainer["precision"] is None  # left to cli.py, which follows the accelerator (below)
-    assert trainer["logger"]["class_path"].endswith("TensorBoardLogger")
+    assert trainer["logger"]["class_path"].endswith("TensorBoardLogger") and trainer["default_root_dir"] == "runs"
     (ckpt,) = [c for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
     assert ckpt["init_args"]["monitor"] == "val/loss" and ckpt["init_args"]["mode"] == "min"
     assert ckpt["init_args"]["save_last"] is True and ckpt["init_args"]["save_top_k"] >= 1
+    bars = [c["class_path"] for c in trainer["callbacks"] if c["class_path"].endswith("ProgressBar")]
+    assert bars == ["spectral_lightning.progress.StepProgressBar"] and trainer["enable_model_summary"] is False
 
 
 @pytest.mark.parametrize(
@@ -112,7 +127,7 @@ def test_disabling_the_progress_bar_drops_the_configs_bar(tiny_text: Path) -> No
     args += ["--trainer.accelerator", "cpu", "--trainer.logger", "false"]
     with_bar = cli_main(args, run=False).trainer
     without = cli_main([*args, "--trainer.enable_progress_bar", "false"], run=False).trainer
-    assert isinstance(with_bar.progress_bar_callback, RichProgressBar) and without.progress_bar_callback is None
+    assert isinstance(with_bar.progress_bar_callback, StepProgressBar) and without.progress_bar_callback is None
     assert not any(isinstance(cb, ProgressBar) for cb in without.callbacks)
     kept = {type(cb) for cb in with_bar.callbacks if not isinstance(cb, ProgressBar)}
     assert kept == {type(cb) for cb in without.callbacks} and len(kept) >= 8
@@ -156,10 +171,11 @@ def fitted(tiny_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Callabl
 
     def fit(config: Path) -> tuple[list[str], Path]:
         if config not in runs:
-            root = tmp_path_factory.mktemp(config.stem)
-            args = debug_args(config, tiny_text, root / "runs")
-            run_cli(["fit", *args], cwd=root)
-            (run_dir,) = (root / "runs").glob("*/version_0")
+            cwd = tmp_path_factory.mktemp(config.stem)
+            args = debug_args(config, tiny_text, cwd / "out")
+            run_cli(["fit", *args], cwd=cwd)
+            assert sorted(p.name for p in cwd.iterdir()) == ["out"]  # nothing written outside the run folder
+            (run_dir,) = (cwd / "out").glob("*/version_0")
             runs[config] = args, run_dir
         return runs[config]
 
@@ -169,8 +185,7 @@ def fitted(tiny_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Callabl
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_debug_fit_writes_checkpoints_and_events_then_validates_and_tests(config: Path, fitted) -> None:  # noqa: ANN001
     args, run_dir = fitted(config)
-    logger = yaml.safe_load(config.read_text(encoding="utf-8"))["trainer"]["logger"]
-    assert run_dir.parent.name == logger["init_args"]["name"]
+    assert run_dir.parent.name == config.stem
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "last.ckpt" in names and len(names) == 2, names  # last + the best by val/loss
     best = run_dir / "checkpoints" / next(n for n in names if n != "last.ckpt")
@@ -193,6 +208,15 @@ def test_debug_fit_writes_checkpoints_and_events_then_validates_and_tests(config
     assert torch.isfinite(test.callback_metrics["test/loss"]) and "test/ppl" in test.callback_metrics
 
 
+def test_saved_config_alone_reproduces_the_run(fitted, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    """The config.yaml a run writes holds every option it ran with, the shared ones included: parsed alone it
+    gives the run's configuration (with the precision the run resolved)."""
+    args, run_dir = fitted(REPO / "configs" / "dct4x.yaml")
+    original = printed_config(args, capsys)
+    original["trainer"]["precision"] = "32-true"  # null in the config: the CPU run resolved it
+    assert printed_config(["--config", str(run_dir / "config.yaml")], capsys) == original
+
+
 def test_validate_and_test_through_cli_script(fitted) -> None:  # noqa: ANN001
     args, run_dir = fitted(REPO / "configs" / "dct4x.yaml")
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -211,3 +235,65 @@ def test_refit_into_the_same_log_folder(tiny_text: Path, tmp_path: Path) -> None
     run_dir = tmp_path / "runs" / "dense" / "same"
     saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert saved["trainer"]["max_steps"] == 3  # overwritten by the second run
+
+
+def test_default_root_dir_moves_the_run_and_last_finds_it_there(
+    tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--trainer.default_root_dir`` moves the whole run (the configs leave the logger's save_dir to follow it),
+    and ``fit --ckpt_path last`` with the same folder resumes the run there, in its version folder."""
+    monkeypatch.chdir(tmp_path)  # where the configs' default folder, runs/, would appear
+    args = [*debug_args(REPO / "configs" / "dense.yaml", tiny_text, tmp_path / "moved"), "--trainer.max_steps", "2"]
+    cli_main(["fit", *args])
+    capsys.readouterr()
+    resumed = cli_main(["fit", *args, "--trainer.max_steps", "3", "--ckpt_path", "last"])
+    run_dir = tmp_path / "moved" / "dense" / "version_0"
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
+    assert resumed.trainer.global_step == 3 and resumed.trainer.logger.log_dir == str(run_dir)
+    assert sorted(p.name for p in (tmp_path / "moved" / "dense").iterdir()) == ["version_0"]  # no second version
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert {"config.yaml", "hparams.yaml", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_explicit_logger_save_dir_is_kept(tiny_text: Path, tmp_path: Path) -> None:
+    args = ["--config", str(REPO / "configs" / "dct4x.yaml"), "--data.path", str(tiny_text)]
+    args += ["--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "root")]
+    assert cli_main(args, run=False).trainer.logger.save_dir == str(tmp_path / "root")
+    given = cli_main([*args, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")], run=False).trainer
+    assert given.logger.save_dir == str(tmp_path / "logs") and given.default_root_dir == str(tmp_path / "root")
+
+
+def test_console_of_a_short_run_shows_steps_and_nothing_from_dependencies(tiny_text: Path, tmp_path: Path) -> None:
+    """The console of a fit as a user runs it (a fresh process, Python's default warning filters), ending before
+    its first validation: the bar counts steps of max_steps, and there is no epoch counter, no logger version,
+    no FLOPs line, no product tip, no deprecation warning, no note about the missing val/loss."""
+    args = [*debug_args(REPO / "configs" / "dct4x.yaml", tiny_text, tmp_path / "out"), "--trainer.max_steps", "3"]
+    env = {k: v for k, v in ENV.items() if k != "PYTHONWARNINGS"} | {"COLUMNS": "160"}  # a wide, plain console
+    result = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "fit", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-3000:]
+    assert re.search(r"^step 3/3 .* train/loss: \d", console, flags=re.M), console[-3000:]
+    for noise in ("Epoch", "v_num", "FLOPs", "Tip:", "LeafSpec", "could not find the monitored key"):
+        assert noise not in console, f"{noise!r} in the console:\n{console[-3000:]}"
+    assert not re.search(r"deprecat", console, flags=re.I), console[-3000:]
+    assert (tmp_path / "out" / "dct4x" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_step_bar_counts_the_optimizer_steps_of_the_whole_run(tiny_text: Path, tmp_path: Path) -> None:
+    """4 optimizer steps of 2 accumulated batches each, 3 batches per epoch: the bar is not restarted at the
+    epoch boundaries and ends at ``step 4/4`` (Lightning's own bar would end at the last epoch's batch count)."""
+    data = CharDataModule(path=str(tiny_text), block_size=16, batch_size=4, batches_per_epoch=3)
+    model = SpectralLM(data.vocab, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    bar = StepProgressBar()
+    trainer = quiet_trainer(
+        max_steps=4, max_epochs=-1, accumulate_grad_batches=2, callbacks=[bar], enable_progress_bar=True,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    assert trainer.current_epoch >= 2  # the run crossed epoch boundaries
+    task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert (task.description, task.completed, task.total) == ("step", 4, 4)
