@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_text
+from helpers import REPO, make_text
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
+# The README is the front page; the guide holds the longer sections (generate, export, conversion, ...).
+DOCS = README + "".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "docs").glob("*.md")))
 DEBUG = [
     "--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "32",
     "--data.block_size", "16", "--data.batch_size", "8", "--data.batches_per_epoch", "5",
@@ -22,9 +24,9 @@ DEBUG = [
 
 
 def section(title: str) -> str:
-    """The text of the README section headed ``## title``."""
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, flags=re.S | re.M)
-    assert match, f"README has no section '## {title}'"
+    """The text of the section headed ``## title`` in the README or a page of docs/."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |^# |\Z)", DOCS, flags=re.S | re.M)
+    assert match, f"README and docs/ have no section '## {title}'"
     return match.group(1)
 
 
@@ -40,13 +42,14 @@ def bash_lines(text: str) -> list[str]:
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the package comes from the install, not from PYTHONPATH
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
 def test_quick_start_is_install_then_train_and_one_test_command() -> None:
+    assert "## Quick start" in README  # on the front page, not in docs/
     install, train = bash_lines(section("Quick start"))[:2]
     assert install.startswith("pip install") and "-r requirements.txt" in install
     assert train == "python cli.py fit --config configs/dct4x.yaml"
@@ -94,3 +97,21 @@ def test_documented_commands_name_real_options(name: str) -> None:
         ).stdout
         for option in (a for a in args if a.startswith("--") and a != "--config"):
             assert option.split("=")[0] in helptext, f"{option} is not an option of {' '.join(target)}"
+
+
+def test_every_local_link_of_the_readme_and_docs_resolves() -> None:
+    """The README is a front page that links to docs/: every relative link points to a file that exists, and
+    every ``#anchor`` to a heading of that file."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert len(pages) > 1
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name} links to {target}, which does not exist"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), flags=re.M)
+                slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+                assert anchor in slugs, f"{page.name} links to {target}: no such heading"
