@@ -18,7 +18,7 @@ Outputs (each written through a temporary file and a rename):
 
 * ``<out>/runs.csv``: every finished run under ``<out>/runs`` (all budgets), one row per run and seed;
 * ``<out>/summary.md``: mean ± std over seeds per config at this ``--steps`` budget, beside the paper's numbers;
-* ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per strategy
+* ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per parameterization
   (needs matplotlib).
 
 The two summaries keep these names for the paper's budget (5,000 steps, 100 warm-up steps, no size overrides);
@@ -55,11 +55,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the package is imported from this checkout (to read checkpoints back)
-    sys.path.insert(0, str(REPO))
-from spectral_lightning.files import atomic_write_bytes  # noqa: E402 (after the path set-up above)
+from spectral_lightning.files import atomic_write_bytes
 
+REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "cli.py"
 CONFIGS = REPO / "configs"
 
@@ -75,7 +73,7 @@ PAPER_V1_PPL: dict[str, str] = {
 PAPER_V2_LOSS: dict[str, str] = {"dense": "1.580", "dct2x": "1.604", "lowrank48": "1.801"}
 
 PAPER_RUNS: tuple[tuple[str, str, float | None, str], ...] = (
-    # (run name = config file, strategy line in the plot, sweep compression c it also stands for, description)
+    # (run name = config file, parameterization line in the plot, sweep compression c it also stands for, description)
     ("dense", "dense", None, "dense"),
     ("dct2x", "dct zigzag", 2.0, "DCT, K = mn/2 (zigzag)"),
     ("dct4x", "dct lowpass", 4.0, "DCT, K = mn/4 (lowpass)"),
@@ -83,9 +81,9 @@ PAPER_RUNS: tuple[tuple[str, str, float | None, str], ...] = (
     ("lowrank48", "lowrank", None, "low-rank, r = 48"),
 )
 
-# Sweep strategies: (key used in run names, plot/table label, base config, parameterization overrides for c).
-SWEEP_STRATEGIES: tuple[str, ...] = ("dct_lowpass", "dct_zigzag", "dct_random", "random_basis", "lowrank")
-STRATEGY_LABEL: dict[str, str] = {
+# Sweep parameterizations: (key used in run names, plot/table label, base config, parameterization overrides for c).
+SWEEP_PARAMETERIZATIONS: tuple[str, ...] = ("dct_lowpass", "dct_zigzag", "dct_random", "random_basis", "lowrank")
+PARAMETERIZATION_LABEL: dict[str, str] = {
     "dct_lowpass": "dct lowpass",
     "dct_zigzag": "dct zigzag",
     "dct_random": "dct random",
@@ -98,7 +96,7 @@ DEFAULT_COMPRESSIONS: tuple[float, ...] = (2.0, 4.0, 10.0, 20.0)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "run",
-    "strategy",
+    "parameterization",
     "config",
     "compression",
     "seed",
@@ -124,7 +122,7 @@ class RunSpec:
     """One configuration of the grid (trained once per seed)."""
 
     name: str
-    strategy: str  # plot/table label
+    parameterization: str  # plot/table label
     config: str  # YAML under configs/
     overrides: tuple[str, ...] = ()
     compression: float | None = None  # the sweep's c (K = mn/c), None for rank-specified runs
@@ -133,8 +131,8 @@ class RunSpec:
 
 
 def sweep_spec(key: str, c: float) -> RunSpec:
-    """The sweep run for strategy ``key`` at compression ``c``."""
-    label = STRATEGY_LABEL[key]
+    """The sweep run for parameterization ``key`` at compression ``c``."""
+    label = PARAMETERIZATION_LABEL[key]
     name = f"{key}_c{c:g}"
     if key.startswith("dct_"):
         selection = key.removeprefix("dct_")
@@ -156,7 +154,7 @@ def sweep_spec(key: str, c: float) -> RunSpec:
             f"{c:g}",
         )
         return RunSpec(name, label, "lowrank.yaml", overrides, c, f"low-rank, r·(m+n) ≤ mn/{c:g}")
-    raise ValueError(f"unknown sweep strategy {key!r}")
+    raise ValueError(f"unknown sweep parameterization {key!r}")
 
 
 def build_grid(groups: Sequence[str], compressions: Sequence[float]) -> list[RunSpec]:
@@ -173,7 +171,7 @@ def build_grid(groups: Sequence[str], compressions: Sequence[float]) -> list[Run
             add(spec, "paper")
     if "sweep" in groups:
         for c in compressions:
-            for key in SWEEP_STRATEGIES:
+            for key in SWEEP_PARAMETERIZATIONS:
                 shared = SHARED_WITH_PAPER.get((key, float(c)))
                 add(paper[shared] if shared else sweep_spec(key, float(c)), "sweep")
     return list(runs.values())
@@ -319,7 +317,7 @@ def stable_ranks(checkpoint: Path) -> tuple[int, int, float]:
     import torch
 
     from spectral_lightning import SpectralLM
-    from spectral_lightning.callbacks import parameter_report, stable_rank
+    from spectral_lightning.analysis import parameter_report, stable_rank
 
     module = SpectralLM.load_from_checkpoint(str(checkpoint), map_location="cpu")
     _, totals = parameter_report(module.model)
@@ -327,6 +325,14 @@ def stable_ranks(checkpoint: Path) -> tuple[int, int, float]:
     with torch.no_grad():
         ranks = [stable_rank(linears[name].weight) for name in module.model.parameterized]
     return totals.stored, totals.dense, statistics.fmean(ranks)
+
+
+def read_row(metrics: Path) -> dict:
+    """A finished run's ``metrics.json`` (runs written before the column was renamed call it ``strategy``)."""
+    row = json.loads(metrics.read_text())
+    if "strategy" in row:
+        row["parameterization"] = row.pop("strategy")
+    return row
 
 
 def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: float, resumed: bool, cmd: list[str]):
@@ -347,7 +353,7 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
             batch = int(value)
     return {
         "run": spec.name,
-        "strategy": spec.strategy,
+        "parameterization": spec.parameterization,
         "config": spec.config,
         "compression": "" if spec.compression is None else spec.compression,
         "seed": seed,
@@ -379,7 +385,7 @@ def train(spec: RunSpec, seed: int, budget: Budget, out: Path, jobs: int = 1) ->
     directory = run_dir(out, spec, seed, budget)
     metrics = directory / "metrics.json"
     if metrics.is_file():
-        return "skipped", json.loads(metrics.read_text())
+        return "skipped", read_row(metrics)
     cmd = command_for(spec, seed, budget, out)
     last = directory / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
@@ -407,7 +413,7 @@ def train(spec: RunSpec, seed: int, budget: Budget, out: Path, jobs: int = 1) ->
 
 def all_rows(out: Path) -> list[dict]:
     """Every finished run under ``<out>/runs``, in a stable order."""
-    rows = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*/metrics.json"))]
+    rows = [read_row(p) for p in sorted((out / "runs").glob("*/*/metrics.json"))]
     return sorted(rows, key=lambda r: (r["run"], r["tag"], r["seed"]))
 
 
@@ -489,25 +495,29 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
     paper_names = {name for name, *_ in PAPER_RUNS}
     if any(s.name not in paper_names for s in sweep):  # not just the two paper runs the sweep shares
         cs = sorted({s.compression for s in sweep})
-        cells = {(s.strategy, s.compression): runs[s.name] for s in sweep}
-        strategies = [STRATEGY_LABEL[k] for k in SWEEP_STRATEGIES if any(st == STRATEGY_LABEL[k] for st, _ in cells)]
+        cells = {(s.parameterization, s.compression): runs[s.name] for s in sweep}
+        parameterizations = [
+            PARAMETERIZATION_LABEL[k]
+            for k in SWEEP_PARAMETERIZATIONS
+            if any(st == PARAMETERIZATION_LABEL[k] for st, _ in cells)
+        ]
         header = " | ".join(f"K = mn/{c:g}" for c in cs)
         for title, key, digits in (
             ("final val loss", "final_val_loss", 3),
             ("mean stable rank of the parameterized weights", "mean_stable_rank", 1),
         ):
-            lines += [f"## Sweep: {title}", "", f"| strategy | {header} |", "|---|" + "---:|" * len(cs)]
-            for st in strategies:
+            lines += [f"## Sweep: {title}", "", f"| parameterization | {header} |", "|---|" + "---:|" * len(cs)]
+            for st in parameterizations:
                 row = [sweep_cell(cells.get((st, c), []), key, digits, len(seeds)) for c in cs]
                 lines.append(f"| {st} | " + " | ".join(row) + " |")
             lines.append("")
         lines += [
             "Stored parameters (% of dense) per cell:",
             "",
-            f"| strategy | {header} |",
+            f"| parameterization | {header} |",
             "|---|" + "---:|" * len(cs),
         ]
-        for st in strategies:
+        for st in parameterizations:
             row = [
                 f"{cells[(st, c)][0]['stored_params']:,} ({cells[(st, c)][0]['pct_of_dense']:.1f}%)"
                 if (st, c) in cells
@@ -526,7 +536,7 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
 
 
 def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
-    """Final val loss (mean ± std over seeds) against % of dense parameters, one line per strategy."""
+    """Final val loss (mean ± std over seeds) against % of dense parameters, one line per parameterization."""
     try:
         import matplotlib
 
@@ -538,16 +548,16 @@ def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
         ) from None
     points: dict[str, dict[float, list[float]]] = {}
     for run in by_run(rows).values():
-        points.setdefault(run[0]["strategy"], {})[run[0]["pct_of_dense"]] = [r["final_val_loss"] for r in run]
+        points.setdefault(run[0]["parameterization"], {})[run[0]["pct_of_dense"]] = [r["final_val_loss"] for r in run]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for strategy, pts in sorted(points.items()):
+    for parameterization, pts in sorted(points.items()):
         xs = sorted(pts)
         ys = [statistics.fmean(pts[x]) for x in xs]
         err = [statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0 for x in xs]
-        if strategy == "dense":
+        if parameterization == "dense":
             ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label="dense (100%)")
             continue
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=strategy)
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=parameterization)
     ax.set_xlabel("stored parameters (% of dense model)")
     ax.set_ylabel("final validation loss (nats/char)")
     ax.set_title(f"Compression vs. loss ({budget.steps} steps per run)")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_text
+from helpers import REPO, make_text
 
 from spectral_lightning import DCT, Dense
 from spectral_lightning.model import GPT, GPTConfig
@@ -28,20 +28,21 @@ reproduce = load_reproduce()
 DEBUG = "n_layer=1,n_embd=32,n_head=2,block=16,batch=16"
 
 
-def tiny_params(vocab_size: int, strategy) -> int:  # noqa: ANN001
-    return GPT(GPTConfig(vocab_size, 16, 1, 2, 32, 0.0, True), strategy).num_parameters()
+def tiny_params(vocab_size: int, parameterization) -> int:  # noqa: ANN001
+    return GPT(GPTConfig(vocab_size, 16, 1, 2, 32, 0.0, True), parameterization).num_parameters()
 
 
 def test_grid_has_every_run_once():
     grid = reproduce.build_grid(["paper", "sweep"], [2, 4, 10, 20])
     names = [s.name for s in grid]
     assert len(names) == len(set(names))
-    # 5 paper runs + 4 compressions x 5 strategies, of which dct2x (zigzag, mn/2) and dct4x (lowpass, mn/4) are shared.
+    # 5 paper runs + 4 compressions x 5 parameterizations, of which dct2x (zigzag, mn/2) and dct4x (lowpass,
+    # mn/4) are shared.
     assert len(grid) == 5 + 4 * 5 - 2
     by_name = {s.name: s for s in grid}
     assert by_name["dct2x"].groups == ("paper", "sweep")
     assert by_name["lowrank48"].groups == ("paper",)
-    cells = {(s.strategy, s.compression) for s in grid if "sweep" in s.groups}
+    cells = {(s.parameterization, s.compression) for s in grid if "sweep" in s.groups}
     assert len(cells) == 20
     assert [s.name for s in reproduce.build_grid(["paper"], [])] == ["dense", "dct2x", "dct4x", "lowrank", "lowrank48"]
 
@@ -160,3 +161,9 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
         other = list(argv)
         other[other.index("--steps") + 1] = "7"
         reproduce.main([*other, "--report-only"])
+
+
+def test_a_run_finished_before_the_column_rename_is_still_read(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"run": "dct4x", "strategy": "dct lowpass", "final_val_loss": 1.629}\n')
+    assert reproduce.read_row(metrics) == {"run": "dct4x", "parameterization": "dct lowpass", "final_val_loss": 1.629}
