@@ -4,6 +4,7 @@ Importing the package registers the built-in parameterizations (``dense``, ``dct
 ``random_basis``).
 """
 
+from spectral_lightning.convert import densify, parameterize, parameterized_names
 from spectral_lightning.data import CharDataModule, CharTokenizer
 from spectral_lightning.errors import ConfigError, DataError
 from spectral_lightning.model import GPT, GPTConfig
@@ -36,5 +37,8 @@ __all__ = [
     "RandomBasis",
     "SpectralLM",
     "available",
+    "densify",
+    "parameterize",
+    "parameterized_names",
     "register",
 ]

@@ -1,6 +1,7 @@
 """Measurements of a model: what each linear stores, how far its weight is from low rank, where its energy sits.
 
-Plain functions on a :class:`~spectral_lightning.model.GPT` and its layers, with no Lightning in sight, so the
+Plain functions on a model (the project's GPT, or any ``nn.Module`` converted by
+:func:`~spectral_lightning.convert.parameterize`) and its layers, with no Lightning in sight, so the
 dashboard callbacks, the benchmark scripts and a notebook all measure the same way:
 
 =========================  ===================================================================================
@@ -27,9 +28,8 @@ from dataclasses import dataclass
 import torch
 from rich.table import Table
 from rich.text import Text
-from torch import Tensor
+from torch import Tensor, nn
 
-from spectral_lightning.model import GPT
 from spectral_lightning.parameterizations import DCTLinear, ParameterizedLinear, dct_matrix
 
 # -- parameter accounting ------------------------------------------------------------------------------------
@@ -88,20 +88,25 @@ class ParameterTotals:
         return self.linear_stored / self.linear_dense if self.linear_dense else 1.0
 
 
-def parameter_report(gpt: GPT) -> tuple[list[LayerRow], ParameterTotals]:
-    """Rows for every parameterized linear of ``gpt`` (in ``gpt.parameterized`` order) and the model totals.
+def parameter_report(model: nn.Module) -> tuple[list[LayerRow], ParameterTotals]:
+    """Rows for every parameterized linear of ``model`` and the model totals; ``model`` is any ``nn.Module``.
 
-    ``totals.stored`` is ``sum(p.numel() for p in gpt.parameters())``; ``totals.dense`` is that count for
-    ``GPT(gpt.config, Dense())``: each linear's stored values are replaced by m·n, everything else is shared.
+    The rows follow ``model.parameterized`` where the model lists the linears its parameterization built (the
+    project's architectures, whose dense LM head is a ``ParameterizedLinear`` too but not listed), else every
+    ``ParameterizedLinear`` in module order (a third-party model after ``parameterize``).
+    ``totals.stored`` is ``sum(p.numel() for p in model.parameters())``; ``totals.dense`` is that count for the
+    dense model of the same shape (for a GPT, ``GPT(gpt.config, Dense())``): each ``ParameterizedLinear``'s stored
+    values are replaced by m·n, everything else is shared.
     For the paper's model, 826,368 dense; 236,544 with DCT at K = mn/4; 171,008 with rank-16 factors.
     """
-    linears = gpt.linears()
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, ParameterizedLinear)}
+    listed = getattr(model, "parameterized", None)
     rows = []
-    for name in gpt.parameterized:
+    for name in linears if listed is None else listed:
         layer = linears[name]
         m, n = layer.out_features, layer.in_features
         rows.append(LayerRow(name, m, n, layer.describe(), layer.stored, m * n))
-    stored = sum(p.numel() for p in gpt.parameters())
+    stored = sum(p.numel() for p in model.parameters())
     # Every linear (parameterized or not) would hold m·n weight values in the dense model.
     extra = sum(layer.out_features * layer.in_features - layer.stored for layer in linears.values())
     totals = ParameterTotals(

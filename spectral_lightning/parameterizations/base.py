@@ -304,8 +304,15 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
         return first._synthesize(first.coefficient_matrix(coef))  # (L, m, n)
 
     def _load_dense_weight(self, weight: Tensor) -> None:
-        p_out, p_in = self.basis("out", device=weight.device), self.basis("in", device=weight.device)
-        x = (p_out @ weight @ p_in.t())[: self.ra, : self.cb]  # the coefficients of W: W = P_mᵀ X P_n
+        # The coefficients of W (W = P_mᵀ X P_n) in the ra×cb corner that holds the positions: only the first ra
+        # rows of P_m and cb rows of P_n take part, multiplied in the cheaper order.
+        p_out = self.basis("out", device=weight.device)[: self.ra]  # (ra, m)
+        p_in = self.basis("in", device=weight.device)[: self.cb]  # (cb, n)
+        m, n = weight.shape
+        if self.ra * m * n + self.ra * n * self.cb <= m * n * self.cb + self.ra * m * self.cb:
+            x = (p_out @ weight) @ p_in.t()  # ((ra, m) @ (m, n)) @ (n, cb) -> (ra, cb)
+        else:
+            x = p_out @ (weight @ p_in.t())  # (ra, m) @ ((m, n) @ (n, cb)) -> (ra, cb)
         coef = x if self.block else x.flatten()[self.positions.to(weight.device)]
         self.coef.copy_(coef.reshape(self.coef.shape))
 
