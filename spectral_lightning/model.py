@@ -10,7 +10,9 @@ matching one of the ``parameterize`` patterns are built by the chosen parameteri
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from spectral_lightning.parameterizations import (
     Dense,
     Parameterization,
     ParameterizedLinear,
+    ReconstructedLinear,
     batch_groups,
     batched_weights,
 )
@@ -78,6 +81,11 @@ class LinearFactory:
         chosen = self.parameterization if matched else self.default
         return chosen.build(in_features, out_features, bias)
 
+    @property
+    def matched(self) -> list[str]:
+        """The names of the linears built so far that the patterns matched (the parameterized ones), in order."""
+        return [n for n in self.names if any(fnmatch.fnmatchcase(n, p) for p in self.patterns)]
+
     def check_patterns(self) -> None:
         """Raise if a pattern matched no linear (a typo would otherwise silently train a dense model)."""
         unused = [p for p in self.patterns if p not in self._used]
@@ -86,6 +94,71 @@ class LinearFactory:
                 f"parameterize pattern(s) {unused} match no linear layer; the model's linears are: "
                 f"{', '.join(self.names)}"
             )
+
+
+class CausalLM(nn.Module):
+    """What the training module, the dashboards, exports and generation need from a language model; every
+    architecture (:class:`GPT`, ``llama.Llama``, the ``transformers`` adapter) is one.
+
+    A subclass sets ``config`` (a dataclass with at least ``vocab_size`` and ``block_size``) and
+    ``parameterized`` (the module names of the linears built by the chosen parameterization), and maps token ids
+    (B, T) to logits (B, T, V) in ``forward``.
+    """
+
+    config: Any
+    parameterized: list[str]
+    #: groups of same-shaped layers whose weights are rebuilt together (``batch_reconstruction``); empty: none
+    _batch_groups: list[list[ReconstructedLinear]] = []
+
+    def forward(self, idx: Tensor) -> Tensor:
+        B, T = idx.shape  # (B, T)
+        if T > self.config.block_size:
+            raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
+        # (Checked here, not inside the context manager, so that compiled graphs never trace it.)
+        if self._batch_groups and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            with batched_weights(self._batch_groups):
+                return self._forward(idx)
+        return self._forward(idx)
+
+    def _forward(self, idx: Tensor) -> Tensor:
+        """Token ids (B, T) to logits (B, T, V); ``forward`` checks the length and batches reconstruction."""
+        raise NotImplementedError
+
+    def linears(self) -> dict[str, ParameterizedLinear]:
+        """Every parameterized-linear layer by module name (those of the chosen parameterization and the dense
+        ones the factory built)."""
+        return {n: m for n, m in self.named_modules() if isinstance(m, ParameterizedLinear)}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Tensor]:
+        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); yields each new (B, 1) token.
+
+        Reconstructed weights are cached while autograd is off, so every layer is materialized once.
+        """
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.config.block_size :]  # (B, ≤block)
+            logits = self(ctx)[:, -1, :].float()  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)  # (B, V)
+                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+            yield nxt
 
 
 class CausalSelfAttention(nn.Module):
@@ -130,7 +203,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
-class GPT(nn.Module):
+class GPT(CausalLM):
     """Decoder-only transformer over characters.
 
     Args:
@@ -162,21 +235,11 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = linear("lm_head", config.n_embd, config.vocab_size, False)
         linear.check_patterns()
-        self.parameterized = [n for n in linear.names if any(fnmatch.fnmatchcase(n, p) for p in linear.patterns)]
+        self.parameterized = linear.matched
         for emb in (self.wte, self.wpe):
             nn.init.normal_(emb.weight, mean=0.0, std=0.02)
         # Groups of layers rebuilt together (the layers never change after construction).
         self._batch_groups = batch_groups(self.modules()) if batch_reconstruction else []
-
-    def forward(self, idx: Tensor) -> Tensor:
-        B, T = idx.shape  # (B, T)
-        if T > self.config.block_size:
-            raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
-        # (Checked here, not inside the context manager, so that compiled graphs never trace it.)
-        if self._batch_groups and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            with batched_weights(self._batch_groups):
-                return self._forward(idx)
-        return self._forward(idx)
 
     def _forward(self, idx: Tensor) -> Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
@@ -184,38 +247,3 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)  # (B, T, C)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
-
-    def linears(self) -> dict[str, ParameterizedLinear]:
-        """Every linear layer by module name (parameterized and dense)."""
-        return {n: m for n, m in self.named_modules() if isinstance(m, ParameterizedLinear)}
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); yields each new (B, 1) token.
-
-        Reconstructed weights are cached while autograd is off, so every layer is materialized once.
-        """
-        for _ in range(max_new_tokens):
-            ctx = idx[:, -self.config.block_size :]  # (B, ≤block)
-            logits = self(ctx)[:, -1, :].float()  # (B, V)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)  # (B, V)
-                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            idx = torch.cat([idx, nxt], dim=1)
-            yield nxt
