@@ -44,7 +44,7 @@ from spectral_lightning.analysis import (
     stable_rank,
 )
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.model import GPT
+from spectral_lightning.model import CausalLM
 from spectral_lightning.parameterizations import Parameterization, resolve
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -67,11 +67,12 @@ def _check_positive(option: str, value: object) -> int:
     return value
 
 
-def _gpt(pl_module: L.LightningModule) -> GPT:
+def _gpt(pl_module: L.LightningModule) -> CausalLM:
     model = getattr(pl_module, "model", None)
-    if not isinstance(model, GPT):
+    if not isinstance(model, CausalLM):
         raise ConfigError(
-            f"this callback needs a LightningModule with a GPT in `.model` (SpectralLM); got {type(pl_module).__name__}"
+            "this callback needs a LightningModule with a CausalLM in `.model` (SpectralLM); got "
+            f"{type(pl_module).__name__}"
         )
     return model
 

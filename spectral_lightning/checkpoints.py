@@ -9,8 +9,9 @@ kind           written by                          holds
                                                    loops, callbacks
 ``compressed`` ``export --format compressed``      ``format``, ``hparams``, ``parameterization``, ``vocab``, the
                                                    model's ``state_dict`` (coefficients/factors; bases are rebuilt)
-``dense``      ``export --format dense``           ``format``, ``config`` (:class:`GPTConfig` fields), ``vocab``, the
-                                                   ``state_dict`` of ``GPT(config, Dense())`` (materialized weights)
+``dense``      ``export --format dense``           ``format``, ``architecture`` (``gpt`` when absent), ``config`` (its
+                                                   config dataclass), ``vocab``, the ``state_dict`` of the all-dense
+                                                   model (materialized weights; ``nn.Linear`` names)
 =============  ==================================  ===================================================================
 
 :func:`read_checkpoint` is the one reader: every entry point that takes a file (``fit/validate/test/predict
@@ -22,6 +23,7 @@ files it reads.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 import zipfile
@@ -31,12 +33,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from spectral_lightning.architectures import architecture_of, build_model, dense_model, model_config
+from spectral_lightning.convert import dense_weight, densify, linear_layers
 from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.model import BLOCK_LINEARS, GPT, GPTConfig
-from spectral_lightning.parameterizations import Dense, resolve
+from spectral_lightning.model import CausalLM
+from spectral_lightning.parameterizations import ParameterizedLinear
 
 DENSE_FORMAT = "spectral_lightning.dense/1"
 COMPRESSED_FORMAT = "spectral_lightning.compressed/1"
@@ -132,23 +136,33 @@ class Checkpoint:
         saved = self.contents["hyper_parameters" if self.kind == "lightning" else "hparams"]
         return {k: v for k, v in saved.items() if not k.startswith(_PRIVATE_PREFIX)}
 
-    def config(self) -> GPTConfig:
-        """The sizes of the model in the file."""
+    def config(self) -> Any:
+        """The sizes of the model in the file (the config dataclass of its architecture)."""
         if self.kind == "dense":
-            return GPTConfig(**self.contents["config"])
-        return gpt_config(self.hparams())
+            return dense_model(self.architecture, self.contents["config"]).config
+        return model_config(self.hparams())
+
+    @property
+    def architecture(self) -> str:
+        """``gpt``, ``llama`` or ``hf`` (files written before there was a choice hold a ``gpt``)."""
+        if self.kind == "dense":
+            return self.contents.get("architecture", "gpt")
+        return self.hparams().get("architecture", "gpt")
 
     def model_state_dict(self) -> dict[str, Tensor]:
-        """The state dict of the file's :class:`GPT` (the ``model.`` prefix of a Lightning checkpoint removed)."""
+        """The state dict of the file's model (the ``model.`` prefix of a Lightning checkpoint removed)."""
         state = self.contents["state_dict"]
         if self.kind == "lightning":
             return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
         return dict(state)
 
-    def build_model(self, map_location: str | torch.device = "cpu") -> GPT:
-        """The :class:`GPT` the file holds, its weights loaded, in eval mode: the file's parameterization, or
-        ``Dense()`` for a dense export."""
-        model = GPT(self.config(), Dense()) if self.kind == "dense" else model_from_hparams(self.hparams())
+    def build_model(self, map_location: str | torch.device = "cpu") -> CausalLM:
+        """The model the file holds, its weights loaded, in eval mode: the file's parameterization, or every
+        linear dense for a dense export."""
+        if self.kind == "dense":
+            model = dense_model(self.architecture, self.contents["config"])
+        else:
+            model = build_model(self.hparams())
         try:
             model.load_state_dict(self.model_state_dict())
         except RuntimeError as err:
@@ -188,7 +202,7 @@ class Checkpoint:
             )
         return self
 
-    def check_sizes(self, config: GPTConfig) -> None:
+    def check_sizes(self, config: Any) -> None:
         """Raise unless the file's model has the sizes of ``config`` (dropout aside): the check before
         initializing a model of any parameterization from it."""
         source, target = dataclasses.asdict(self.config()), dataclasses.asdict(config)
@@ -209,70 +223,46 @@ def check_vocab(saved: str, vocab: str, where: str, remedy: str) -> None:
         )
 
 
-def gpt_config(hparams: Mapping[str, Any]) -> GPTConfig:
-    """The :class:`GPTConfig` of a module's hyperparameters (sizes it does not name keep their defaults)."""
-    sizes = {f.name: hparams[f.name] for f in dataclasses.fields(GPTConfig) if f.name in hparams}
-    sizes["vocab_size"] = len(hparams["vocab"])
-    return GPTConfig(**sizes)
-
-
-def model_from_hparams(hparams: Mapping[str, Any]) -> GPT:
-    """A freshly initialized :class:`GPT` built as :class:`~spectral_lightning.module.SpectralLM` builds it."""
-    patterns = hparams.get("parameterize")
-    return GPT(
-        gpt_config(hparams),
-        resolve(hparams.get("parameterization", "dense")),
-        list(BLOCK_LINEARS if patterns is None else patterns),
-        bool(hparams.get("batch_reconstruction", False)),
-    )
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, CharTokenizer]:
-    """The :class:`GPT` (eval mode) and tokenizer of any file kind: Lightning ``.ckpt``, compressed or dense export."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CausalLM, CharTokenizer]:
+    """The model (eval mode) and tokenizer of any file kind: Lightning ``.ckpt``, compressed or dense export."""
     ckpt = read_checkpoint(path)
     return ckpt.build_model(map_location), ckpt.tokenizer()
 
 
 # -- conversions -------------------------------------------------------------------------------------------
 @torch.no_grad()
-def dense_state_dict(model: GPT) -> dict[str, Tensor]:
-    """The state dict of ``GPT(model.config, Dense())`` holding ``model``'s weights, linears materialized.
-
-    Every tensor is a compact CPU copy; the keys are exactly those of the dense model, in its order.
-    """
-    with torch.device("meta"):
-        reference = GPT(model.config, Dense())
-    linears = model.linears()
-    dtype = model.wte.weight.dtype
-    own = model.state_dict()
-    state: dict[str, Tensor] = {}
-    for key in reference.state_dict():
-        owner, _, leaf = key.rpartition(".")
-        if owner in linears:
-            layer = linears[owner]
-            value = layer.weight.detach().to(dtype) if leaf == "weight" else layer.bias.detach()
-        elif key in own:
-            value = own[key]
-        else:  # a layout change nobody mirrored here
-            raise RuntimeError(f"dense state dict: no source for {key}")
-        state[key] = value.detach().to("cpu", copy=True).contiguous()
-    return state
+def dense_state_dict(model: CausalLM) -> dict[str, Tensor]:
+    """The state dict of the all-dense version of ``model``: every parameterized linear materialized into a plain
+    ``nn.Linear`` (``transformers``' ``Conv1D`` where it replaced one), everything else as it is. Its keys are
+    those of the architecture built with every linear dense; every tensor is a compact CPU copy."""
+    dtype = next(model.parameters()).dtype
+    state = densify(copy.deepcopy(model)).to(dtype).state_dict()
+    with torch.device("meta"):  # the key order of the all-dense model, without allocating it
+        reference = dense_model(architecture_of(model), dataclasses.asdict(model.config)).state_dict()
+    return {k: state[k].detach().to("cpu", copy=True).contiguous() for k in reference}
 
 
 @torch.no_grad()
-def transfer_weights(source: GPT, target: GPT) -> None:
-    """Initialize ``target`` (any parameterization) from ``source`` (any parameterization, same sizes).
+def transfer_weights(source: CausalLM, target: CausalLM) -> None:
+    """Initialize ``target`` from ``source``: the same architecture and sizes, any parameterization on either side.
 
-    Every linear gets ``load_dense_(W, b)`` with the source's materialized W (a DCT layer keeps the projection
-    of W onto its selected coefficients, a low-rank layer its truncated SVD, a dense layer W itself);
-    embeddings and norms are copied.
+    Every linear of ``target`` gets the source's materialized weight at the same module name: a parameterized
+    layer through ``load_dense_(W, b)`` (a DCT layer keeps the projection of W onto its selected coefficients, a
+    low-rank layer its truncated SVD, a dense layer W itself), a plain ``nn.Linear`` or ``Conv1D`` by copy;
+    embeddings, norms and everything else are copied.
     """
-    src_linears, dst_linears = source.linears(), target.linears()
+    src_linears, dst_linears = linear_layers(source), linear_layers(target)
     for name, layer in dst_linears.items():
         src = src_linears[name]
+        weight, bias = dense_weight(src), src.bias
         device = next(layer.parameters()).device
-        bias = None if src.bias is None else src.bias.detach().to(device)
-        layer.load_dense_(src.weight.detach().to(device), bias)
+        weight, bias = weight.detach().to(device), None if bias is None else bias.detach().to(device)
+        if isinstance(layer, ParameterizedLinear):
+            layer.load_dense_(weight, bias)
+        else:
+            layer.weight.copy_(weight if isinstance(layer, nn.Linear) else weight.t())  # Conv1D: (in, out)
+            if layer.bias is not None and bias is not None:
+                layer.bias.copy_(bias)
     merged = target.state_dict()
     for key, value in source.state_dict().items():
         if key.rpartition(".")[0] not in src_linears:

@@ -4,9 +4,10 @@ Two export formats, both single ``torch.save`` files of plain values (they load 
 :mod:`spectral_lightning.checkpoints` reads them back (with Lightning checkpoints, through the same reader):
 
 * **dense** (``format: spectral_lightning.dense/1``): ``state_dict`` with every linear as an ordinary
-  ``nn.Linear`` ``weight``/``bias`` (the materialized W), plus ``config`` (the :class:`GPTConfig` fields) and
-  ``vocab``. Its keys load into ``GPT(GPTConfig(**config), Dense())``; ``checkpoints.load_model`` does that.
-  It runs at dense speed and gives the trained model's logits exactly.
+  ``nn.Linear`` ``weight``/``bias`` (the materialized W; ``Conv1D`` where a ``transformers`` model had one), plus
+  ``architecture``, ``config`` (the fields of its config dataclass) and ``vocab``. For ``gpt`` its keys load into
+  ``GPT(GPTConfig(**config), Dense())``; ``checkpoints.load_model`` rebuilds any architecture. It runs at dense
+  speed and gives the trained model's logits exactly.
 * **compressed** (``format: spectral_lightning.compressed/1``): the model's own ``state_dict`` (coefficients,
   factors or weights, biases, norms, embeddings: the bases are rebuilt from shape and seed, so they are not
   in it), the parameterization as ``class_path`` + ``init_args``, the model's hyperparameters and ``vocab``; no
@@ -31,10 +32,11 @@ from typing import Any, Literal
 
 import torch
 
+from spectral_lightning.architectures import architecture_of
 from spectral_lightning.checkpoints import COMPRESSED_FORMAT, DENSE_FORMAT, dense_state_dict, load_model
 from spectral_lightning.errors import ConfigError, exit_on_user_error
 from spectral_lightning.files import atomic_write_bytes
-from spectral_lightning.model import GPT
+from spectral_lightning.model import CausalLM
 from spectral_lightning.module import SpectralLM
 
 
@@ -55,10 +57,11 @@ def save_atomic(obj: Any, path: str | Path) -> int:
     return len(data)
 
 
-def dense_export(model: GPT, vocab: str) -> dict[str, Any]:
+def dense_export(model: CausalLM, vocab: str) -> dict[str, Any]:
     """The dense export dict (see the module docstring) of ``model`` with vocabulary ``vocab``."""
     return {
         "format": DENSE_FORMAT,
+        "architecture": architecture_of(model),
         "config": dataclasses.asdict(model.config),
         "vocab": vocab,
         "state_dict": dense_state_dict(model),
@@ -142,7 +145,7 @@ def export_command(
         ckpt_path: a Lightning checkpoint of SpectralLM (e.g. runs/dct4x/version_0/checkpoints/last.ckpt) or
             a compressed export (for the dense format, a dense export too).
         format: dense: every linear as an ordinary nn.Linear weight/bias, plus config and vocab (load with
-            spectral_lightning.checkpoints.load_model, or GPT(GPTConfig(**config), Dense())); compressed:
+            spectral_lightning.checkpoints.load_model, or for gpt GPT(GPTConfig(**config), Dense())); compressed:
             the trainable values only (coefficients/factors, biases, norms, embeddings), the parameterization's
             class_path and options, the hyperparameters and vocab (load with SpectralLM.load).
         output: path of the file to write; written through a temporary file, then renamed into place.

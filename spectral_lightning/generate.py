@@ -12,6 +12,7 @@ Generation speed (new tokens per second, loading excluded) is printed to stderr.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Iterator
@@ -19,11 +20,11 @@ from typing import TextIO
 
 import torch
 
-from spectral_lightning.checkpoints import dense_state_dict, load_model
+from spectral_lightning.checkpoints import load_model
+from spectral_lightning.convert import densify
 from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError, exit_on_user_error
-from spectral_lightning.model import GPT
-from spectral_lightning.parameterizations import Dense
+from spectral_lightning.model import CausalLM
 
 SEPARATOR = "-" * 40
 
@@ -42,11 +43,9 @@ def pick_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def materialize(model: GPT) -> GPT:
-    """A ``GPT(config, Dense())`` with ``model``'s materialized weights (each layer reconstructed once)."""
-    dense = GPT(model.config, Dense()).to(model.wte.weight.device)
-    dense.load_state_dict(dense_state_dict(model))
-    return dense.eval()
+def materialize(model: CausalLM) -> CausalLM:
+    """A copy of ``model`` with every parameterized linear materialized once into a plain ``nn.Linear``."""
+    return densify(copy.deepcopy(model)).eval()
 
 
 def check_options(max_new_tokens: int, temperature: float, top_k: int | None, num_samples: int) -> None:
@@ -61,7 +60,7 @@ def check_options(max_new_tokens: int, temperature: float, top_k: int | None, nu
 
 
 def sample_stream(
-    model: GPT,
+    model: CausalLM,
     tokenizer: CharTokenizer,
     prompt: str,
     max_new_tokens: int,
@@ -75,7 +74,7 @@ def sample_stream(
     Raises ConfigError (before sampling anything) if the prompt has characters outside the vocabulary.
     """
     start = prompt or ("\n" if "\n" in tokenizer.stoi else tokenizer.vocab[0])
-    device = model.wte.weight.device
+    device = next(model.parameters()).device
     idx = torch.tensor([tokenizer.encode(start)], dtype=torch.long, device=device)  # (1, T)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     model.eval()
@@ -84,7 +83,7 @@ def sample_stream(
 
 
 def generate(
-    model: GPT,
+    model: CausalLM,
     tokenizer: CharTokenizer,
     prompt: str = "",
     max_new_tokens: int = 500,

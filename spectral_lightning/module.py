@@ -1,4 +1,5 @@
-"""SpectralLM: the LightningModule that trains a :class:`~spectral_lightning.model.GPT` on characters.
+"""SpectralLM: the LightningModule that trains a causal language model (``gpt``, ``llama`` or a ``transformers``
+model: :mod:`spectral_lightning.architectures`) on characters.
 
 Every option is a plain typed value (LightningCLI turns the docstring into ``--help``), and
 ``save_hyperparameters()`` records all of them, the vocabulary included, so a checkpoint alone rebuilds the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -18,13 +19,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from spectral_lightning.checkpoints import (
-    Checkpoint,
-    check_vocab,
-    model_from_hparams,
-    read_checkpoint,
-    transfer_weights,
-)
+from spectral_lightning.architectures import build_model
+from spectral_lightning.checkpoints import Checkpoint, check_vocab, read_checkpoint, transfer_weights
+from spectral_lightning.convert import is_dense_linear
 from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import BLOCK_LINEARS
@@ -46,13 +43,21 @@ class SpectralLM(L.LightningModule):
         n_head: attention heads (≥ 1, must divide ``n_embd``).
         n_embd: model width d (≥ 1).
         dropout: dropout probability in [0, 1).
-        bias: biases in linears and LayerNorms.
+        bias: biases in linears and LayerNorms (``gpt``; ``llama`` has none).
+        architecture: ``gpt`` (the paper's character GPT), ``llama`` (RMSNorm, rotary positions, SwiGLU, no
+            biases) or ``hf`` (a ``transformers`` causal LM built from ``hf_config``; needs ``transformers``).
+        mlp_hidden: ``llama``: the SwiGLU hidden width (None: 8·n_embd/3 rounded up to a multiple of 32).
+        tie_embeddings: ``llama``: the LM head shares the token embedding's weight (the head then stays dense).
+        rope_theta: ``llama``: base of the rotary position frequencies.
+        hf_config: ``hf``: ``{class_path: transformers.GPT2Config, init_args: {...}}`` or ``{model_type: gpt2,
+            ...}``; its vocabulary size and context length are set from the data, the other sizes are its own
+            (``n_layer``, ``n_head``, ``n_embd``, ``dropout`` and ``bias`` do not apply).
         parameterization: how the selected linears store their weights: a registered name (``dense``,
             ``dct``, ``lowrank``, ``random_basis``, or your own) or ``class_path``/``init_args`` with options
             (``--model.parameterization.help DCT`` lists a parameterization's options; it takes the class name).
         parameterize: module-name patterns (fnmatch) of the linears to parameterize; the rest stay dense.
-            Default (or None): the four linears of every block; ``--model.parameterize+ lm_head`` adds the LM
-            head to them.
+            Default (or None): the linears of every block (``gpt``: four, ``llama``: seven, ``hf``: every linear
+            but the output head); ``--model.parameterize+ lm_head`` adds the LM head to them.
         lr: peak learning rate of AdamW (> 0).
         betas: AdamW betas.
         weight_decay: decoupled weight decay on weights/coefficients/factors (not biases, norms, embeddings).
@@ -82,6 +87,11 @@ class SpectralLM(L.LightningModule):
         n_embd: int = 128,
         dropout: float = 0.0,
         bias: bool = True,
+        architecture: Literal["gpt", "llama", "hf"] = "gpt",
+        mlp_hidden: int | None = None,
+        tie_embeddings: bool = False,
+        rope_theta: float = 10000.0,
+        hf_config: dict[str, Any] | None = None,
         parameterization: Parameterization | str = "dense",
         parameterize: list[str] | None = list(BLOCK_LINEARS),  # noqa: B006 (copied below, never mutated)
         lr: float = 1e-3,
@@ -110,7 +120,7 @@ class SpectralLM(L.LightningModule):
             raise ConfigError("model.warmup_steps and model.weight_decay must be >= 0")
         self.tokenizer = CharTokenizer(vocab)
         self.parameterization = resolve(parameterization)
-        self.model = model_from_hparams({**self.hparams, "parameterization": self.parameterization})
+        self.model = build_model(self.hparams, self.parameterization)
         self.val_loss, self.val_ppl = MeanMetric(), Perplexity()
         self.test_loss, self.test_ppl = MeanMetric(), Perplexity()
         self._compiled: torch.nn.Module | None = None
@@ -221,9 +231,17 @@ class SpectralLM(L.LightningModule):
         Decayed: every linear's weight-defining Parameters (dense weights, DCT coefficients, low-rank
         factors). For DCT, decay on X equals decay on W (Parseval); for low-rank, decaying B and A is a
         nuclear-norm-like penalty on W (see ``parameterizations/lowrank.py``). Not decayed: biases,
-        LayerNorm gains and the token/position embeddings (decaying lookup tables only shrinks rare rows).
+        LayerNorm gains and the token/position embeddings (decaying lookup tables only shrinks rare rows). A
+        ``transformers`` model's linears left unparameterized (``nn.Linear``, ``Conv1D``) decay their weights too;
+        a weight tied to an embedding is decayed once, as a linear's.
         """
-        decay = [p for m in self.model.modules() if isinstance(m, ParameterizedLinear) for p in m.weight_parameters()]
+        decay = []
+        for m in self.model.modules():
+            if isinstance(m, ParameterizedLinear):
+                decay += m.weight_parameters()
+            elif is_dense_linear(m):
+                decay.append(m.weight)
+        decay = list({id(p): p for p in decay}.values())
         ids = {id(p) for p in decay}
         no_decay = [p for p in self.model.parameters() if id(p) not in ids]
         return [

@@ -159,4 +159,21 @@ def test_a_foreign_lightning_checkpoint_is_named_as_such(tmp_path: Path) -> None
 def test_export_formats_carry_what_load_model_needs(files: dict[str, Path]) -> None:
     module = SpectralLM.load(files["lightning"])
     assert compressed_export(module)["format"] == COMPRESSED_FORMAT
-    assert set(dense_export(module.model, module.hparams.vocab)) == {"format", "config", "vocab", "state_dict"}
+    assert set(dense_export(module.model, module.hparams.vocab)) == {
+        "format",
+        "architecture",
+        "config",
+        "vocab",
+        "state_dict",
+    }
+
+
+def test_a_dense_export_without_an_architecture_is_a_gpt(files: dict[str, Path], tmp_path: Path) -> None:
+    """Dense exports written before there was a choice of architecture hold no ``architecture`` key."""
+    old = torch.load(files["dense"], weights_only=True)
+    assert old.pop("architecture") == "gpt"
+    save_atomic(old, tmp_path / "old_dense.pt")
+    model, _ = load_model(tmp_path / "old_dense.pt")
+    reference, _ = load_model(files["dense"])
+    x = torch.randint(17, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(x), reference(x))
