@@ -11,9 +11,9 @@ callback               writes
 ThroughputMonitor      ``train/tokens_per_sec`` (progress bar and logger), measured over ``interval`` steps
 ParameterTable         at fit start: a rich table of every parameterized linear and the model totals (console),
                        and the same table as TensorBoard text (``model/parameters``)
-ScalarLayout           TensorBoard custom-scalars layout: train and val loss on one chart, val ppl, lr, tokens/s,
-                       stable ranks
-HParamsSummary         the hparams tab: every hyperparameter plus ``hparams/val_loss``, ``hparams/val_ppl``,
+ScalarLayout           TensorBoard custom-scalars layout: train and val loss on one chart, val ppl, val bits per
+                       byte, lr, tokens/s, stable ranks
+HParamsSummary         the hparams tab: every hyperparameter plus ``hparams/val_loss``, ``val_ppl``, ``val_bpb``,
                        ``hparams/stored_ratio`` and ``hparams/stored_params``, rewritten after each validation
 TextSamples            ``samples`` text: continuations of a fixed prompt with a fixed seed after each validation
 SpectrumMonitor        per parameterized layer, every N validations: ``spectrum/<layer>`` image of the 2-D DCT
@@ -218,6 +218,7 @@ class ScalarLayout(L.Callback):
             self.title: {
                 "loss (train vs val)": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
                 "val perplexity": ["Multiline", [r"^val/ppl$"]],
+                "val bits per byte": ["Multiline", [r"^val/bpb$"]],
                 "learning rate": ["Multiline", [r"^lr-"]],
                 "tokens/s": ["Multiline", [r"^train/tokens_per_sec$"]],
             },
@@ -236,20 +237,22 @@ class HParamsSummary(L.Callback):
     After every validation (not the sanity check) the run's hyperparameters (model and data options, the
     parameterization as ``parameterization/class_path`` and ``parameterization/init_args/*`` in the form of
     :meth:`~spectral_lightning.parameterizations.Parameterization.spec`, ``trainer/max_steps``,
-    ``trainer/precision``, ``trainer/world_size``) are written with four metrics: ``hparams/val_loss`` and
-    ``hparams/val_ppl`` (the latest validation, hence the final one once training ends),
+    ``trainer/precision``, ``trainer/world_size``) are written with five metrics: ``hparams/val_loss``,
+    ``hparams/val_ppl`` and ``hparams/val_bpb`` (the latest validation, hence the final one once training ends),
     ``hparams/stored_ratio`` (model parameters / dense model parameters) and ``hparams/stored_params`` (model
     parameters). Configs set ``default_hp_metric: false`` so no ``hp_metric = -1`` placeholder is written.
 
     Args:
         loss_key: the validation loss metric to report.
         ppl_key: the validation perplexity metric to report.
+        bpb_key: the validation bits-per-byte metric to report (comparable across tokenizers).
     """
 
-    def __init__(self, loss_key: str = "val/loss", ppl_key: str = "val/ppl") -> None:
+    def __init__(self, loss_key: str = "val/loss", ppl_key: str = "val/ppl", bpb_key: str = "val/bpb") -> None:
         super().__init__()
         self.loss_key = loss_key
         self.ppl_key = ppl_key
+        self.bpb_key = bpb_key
 
     def params(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Every hyperparameter of the run (nested dicts are flattened by the logger)."""
@@ -270,10 +273,11 @@ class HParamsSummary(L.Callback):
         return params
 
     def metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        """The four ``hparams/*`` metrics (the validation ones only once a validation has logged them)."""
+        """The five ``hparams/*`` metrics (the validation ones only once a validation has logged them)."""
         _, totals = parameter_report(_gpt(pl_module))
         out = {"hparams/stored_ratio": totals.ratio, "hparams/stored_params": float(totals.stored)}
-        for key, tag in ((self.loss_key, "hparams/val_loss"), (self.ppl_key, "hparams/val_ppl")):
+        keys = (self.loss_key, "hparams/val_loss"), (self.ppl_key, "hparams/val_ppl"), (self.bpb_key, "hparams/val_bpb")
+        for key, tag in keys:
             value = trainer.callback_metrics.get(key)
             if value is not None:
                 out[tag] = float(value)

@@ -53,6 +53,10 @@ class CharTokenizer:
             )
         return [self.stoi[ch] for ch in text]
 
+    def token_bytes(self) -> list[int]:
+        """The UTF-8 length in bytes of every token, in id order: what bits per byte divides by."""
+        return [len(ch.encode("utf-8")) for ch in self.vocab]
+
     def decode(self, ids: list[int] | Tensor) -> str:
         if isinstance(ids, Tensor):
             ids = ids.tolist()

@@ -121,8 +121,10 @@ class SpectralLM(L.LightningModule):
         self.tokenizer = CharTokenizer(vocab)
         self.parameterization = resolve(parameterization)
         self.model = build_model(self.hparams, self.parameterization)
-        self.val_loss, self.val_ppl = MeanMetric(), Perplexity()
-        self.test_loss, self.test_ppl = MeanMetric(), Perplexity()
+        self.val_loss, self.val_ppl, self.val_bpb = MeanMetric(), Perplexity(), MeanMetric()
+        self.test_loss, self.test_ppl, self.test_bpb = MeanMetric(), Perplexity(), MeanMetric()
+        # Bytes of text per token id, for bits per byte: derived from the vocabulary, never saved.
+        self.register_buffer("token_bytes", torch.tensor(self.tokenizer.token_bytes()), persistent=False)
         self._compiled: torch.nn.Module | None = None
         self._dropout_seed: int | None = None  # set at fit start, or restored from a checkpoint
         self._initialized_from: str | None = None  # the init_from source already applied to these weights
@@ -185,11 +187,16 @@ class SpectralLM(L.LightningModule):
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True)
         else:
-            mean, ppl = (self.val_loss, self.val_ppl) if stage == "val" else (self.test_loss, self.test_ppl)
+            mean, ppl, bpb = (getattr(self, f"{stage}_{name}") for name in ("loss", "ppl", "bpb"))
             mean.update(loss, weight=y.numel())
             ppl.update(logits.float(), y)
+            # Bits per byte = total nats / total UTF-8 bytes / ln 2: comparable across tokenizers (a character
+            # model of ASCII text has one byte per token, so there it is the loss / ln 2).
+            n_bytes = self.token_bytes[y].sum()
+            bpb.update(loss * y.numel() / n_bytes / math.log(2), weight=n_bytes)
             self.log(f"{stage}/loss", mean, prog_bar=stage == "val")
             self.log(f"{stage}/ppl", ppl)
+            self.log(f"{stage}/bpb", bpb)
         return loss
 
     def on_fit_start(self) -> None:

@@ -289,12 +289,13 @@ def test_tiny_fit_writes_the_dashboard(text_file: Path, tmp_path: Path) -> None:
     ]
     charts = {chart.title: list(chart.multiline.tag) for lay in layouts for cat in lay.category for chart in cat.chart}
     assert charts["loss (train vs val)"] == ["^train/loss$", "^val/loss$"]
+    assert charts["val bits per byte"] == ["^val/bpb$"]
 
     # HPARAMS tab: the hyperparameters and the metrics, whose values are the last validation's.
     data = {tag: plugin_data_pb2.HParamsPluginData.FromString(c) for tag, c in plugin_content(accs, "hparams").items()}
     experiment = next(d.experiment for d in data.values() if d.HasField("experiment"))
     metric_names = {m.name.tag for m in experiment.metric_infos}
-    assert {"hparams/val_loss", "hparams/val_ppl", "hparams/stored_ratio"} <= metric_names
+    assert {"hparams/val_loss", "hparams/val_ppl", "hparams/val_bpb", "hparams/stored_ratio"} <= metric_names
     session = next(d.session_start_info for d in data.values() if d.HasField("session_start_info"))
     hp = dict(session.hparams)
     assert hp["n_layer"].number_value == 1 and hp["n_embd"].number_value == 32

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import REPO, make_text, quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -326,3 +327,31 @@ def test_predict_returns_each_validation_window_loss(tmp_path: Path) -> None:
     # Every window has T targets, so their mean is the validation loss.
     (val,) = trainer.validate(module, datamodule=dm, verbose=False)
     assert float(per_window.mean()) == pytest.approx(val["val/loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("accented", [False, True], ids=["ascii", "utf8"])
+def test_bits_per_byte_is_nats_over_utf8_bytes(accented: bool, tmp_path: Path) -> None:
+    """val/bpb = total next-token nats / total UTF-8 bytes of the predicted tokens / ln 2; for ASCII text every
+    character is one byte, so it is val/loss / ln 2."""
+    text = make_text(3_000, seed=3)
+    if accented:
+        text = text.replace("a", "\u00e4").replace("t", "\u20ac")  # 2- and 3-byte characters
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    dm = CharDataModule(path=str(path), block_size=16, batch_size=4, val_fraction=0.2)
+    torch.manual_seed(0)
+    module = SpectralLM(vocab=dm.vocab, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    metrics = quiet_trainer(limit_val_batches=None).validate(module, dm, verbose=False)[0]
+    nats, n_bytes, tokens = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            y = batch[:, 1:]
+            nats += float(F.cross_entropy(module(batch[:, :-1]).flatten(0, 1), y.flatten(), reduction="sum"))
+            n_bytes += sum(len(dm.vocab[int(t)].encode("utf-8")) for t in y.flatten())
+            tokens += y.numel()
+    assert metrics["val/loss"] == pytest.approx(nats / tokens, rel=1e-5)
+    assert metrics["val/bpb"] == pytest.approx(nats / n_bytes / math.log(2), rel=1e-5)
+    if accented:
+        assert n_bytes > tokens and metrics["val/bpb"] < metrics["val/loss"] / math.log(2)
+    else:
+        assert n_bytes == tokens and metrics["val/bpb"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-6)
