@@ -5,7 +5,7 @@ Importing the package registers the built-in parameterizations (``dense``, ``dct
 """
 
 from spectral_lightning.convert import densify, parameterize, parameterized_names
-from spectral_lightning.data import CharDataModule, CharTokenizer
+from spectral_lightning.data import CharDataModule
 from spectral_lightning.errors import ConfigError, DataError
 from spectral_lightning.model import GPT, GPTConfig
 from spectral_lightning.module import SpectralLM
@@ -19,12 +19,14 @@ from spectral_lightning.parameterizations import (
     available,
     register,
 )
+from spectral_lightning.tokenization import BPETokenizer, CharTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DCT",
     "CharDataModule",
+    "BPETokenizer",
     "CharTokenizer",
     "ConfigError",
     "DataError",

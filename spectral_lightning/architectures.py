@@ -26,6 +26,7 @@ from spectral_lightning.hf import HFCausalLM, HFConfig
 from spectral_lightning.llama import LLAMA_LINEARS, Llama, LlamaConfig
 from spectral_lightning.model import BLOCK_LINEARS, GPT, CausalLM, GPTConfig
 from spectral_lightning.parameterizations import Dense, Parameterization, resolve
+from spectral_lightning.tokenization import tokenizer_from_spec
 
 ARCHITECTURES: dict[str, tuple[type[CausalLM], type]] = {
     "gpt": (GPT, GPTConfig),
@@ -46,7 +47,7 @@ def model_config(hparams: Mapping[str, Any]) -> Any:
     does not name keep the dataclass defaults, the vocabulary size comes from ``hparams["vocab"]``."""
     config_cls = ARCHITECTURES[_architecture(hparams)][1]
     sizes = {f.name: hparams[f.name] for f in dataclasses.fields(config_cls) if f.name in hparams}
-    sizes["vocab_size"] = len(hparams["vocab"])
+    sizes["vocab_size"] = len(tokenizer_from_spec(hparams["vocab"]))
     return config_cls(**sizes)
 
 

@@ -333,8 +333,8 @@ class TextSamples(_EveryNValidations):
         self.seed = seed
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        vocab = pl_module.tokenizer.vocab
-        unknown = sorted(set(self.prompt) - set(vocab))
+        vocab = getattr(pl_module.tokenizer, "vocab", None)  # a character vocabulary; a BPE encodes any text
+        unknown = sorted(set(self.prompt) - set(vocab)) if vocab is not None else []
         if unknown:
             raise ConfigError(
                 f"TextSamples.prompt={self.prompt!r} has characters {''.join(unknown)!r} that are not in the "

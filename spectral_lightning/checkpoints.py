@@ -37,10 +37,10 @@ from torch import Tensor, nn
 
 from spectral_lightning.architectures import architecture_of, build_model, dense_model, model_config
 from spectral_lightning.convert import dense_weight, densify, linear_layers
-from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import CausalLM
 from spectral_lightning.parameterizations import ParameterizedLinear
+from spectral_lightning.tokenization import Tokenizer, describe_spec, tokenizer_from_spec
 
 DENSE_FORMAT = "spectral_lightning.dense/1"
 COMPRESSED_FORMAT = "spectral_lightning.compressed/1"
@@ -117,8 +117,8 @@ class Checkpoint:
             return self.contents["hyper_parameters"]["vocab"]
         return self.contents["vocab"]
 
-    def tokenizer(self) -> CharTokenizer:
-        return CharTokenizer(self.vocab)
+    def tokenizer(self) -> Tokenizer:
+        return tokenizer_from_spec(self.vocab)
 
     def hparams(self) -> dict[str, Any]:
         """The :class:`~spectral_lightning.module.SpectralLM` options the file was written with (plain values;
@@ -215,15 +215,16 @@ class Checkpoint:
 
 
 def check_vocab(saved: str, vocab: str, where: str, remedy: str) -> None:
-    """The one vocabulary check: raise unless a file trained on ``saved`` fits a run whose data has ``vocab``."""
+    """The one tokenizer check: raise unless a file trained on ``saved`` fits a run whose data has ``vocab`` (both
+    tokenizer specs: the characters, or a BPE's tokenizer.json)."""
     if saved != vocab:
         raise ConfigError(
-            f"{where} was trained on a vocabulary of {len(saved)} characters ({saved!r}), but this run's data has "
-            f"{len(vocab)} ({vocab!r}); use the text it was trained on (--data.path), {remedy}"
+            f"{where} was trained on {describe_spec(saved)}, but this run's data has {describe_spec(vocab)}; use the "
+            f"text (and tokenizer) it was trained on (--data.path), {remedy}"
         )
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CausalLM, CharTokenizer]:
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CausalLM, Tokenizer]:
     """The model (eval mode) and tokenizer of any file kind: Lightning ``.ckpt``, compressed or dense export."""
     ckpt = read_checkpoint(path)
     return ckpt.build_model(map_location), ckpt.tokenizer()

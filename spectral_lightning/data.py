@@ -22,45 +22,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from spectral_lightning.errors import ConfigError, DataError
 from spectral_lightning.files import atomic_write_bytes
 from spectral_lightning.seeds import derive_seed
+from spectral_lightning.tokenization import CharTokenizer
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DATASETS = {"tinyshakespeare": (TINY_SHAKESPEARE_URL, TINY_SHAKESPEARE_SHA256)}
-
-
-class CharTokenizer:
-    """Maps each character of ``vocab`` (a string of distinct characters) to its index."""
-
-    def __init__(self, vocab: str) -> None:
-        if not vocab or len(set(vocab)) != len(vocab):
-            raise ConfigError("vocab must be a non-empty string of distinct characters")
-        self.vocab = vocab
-        self.stoi = {ch: i for i, ch in enumerate(vocab)}
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls("".join(sorted(set(text))))
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def encode(self, text: str) -> list[int]:
-        unknown = sorted({ch for ch in text if ch not in self.stoi})
-        if unknown:
-            raise ConfigError(
-                f"characters {''.join(unknown)!r} are not in the model's vocabulary of {len(self.vocab)} "
-                f"characters: {self.vocab!r}"
-            )
-        return [self.stoi[ch] for ch in text]
-
-    def token_bytes(self) -> list[int]:
-        """The UTF-8 length in bytes of every token, in id order: what bits per byte divides by."""
-        return [len(ch.encode("utf-8")) for ch in self.vocab]
-
-    def decode(self, ids: list[int] | Tensor) -> str:
-        if isinstance(ids, Tensor):
-            ids = ids.tolist()
-        return "".join(self.vocab[i] for i in ids)
 
 
 def sha256_of(path: Path) -> str:

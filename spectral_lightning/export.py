@@ -124,7 +124,7 @@ def export(ckpt_path: str | Path, format: Literal["dense", "compressed"], output
         model, vocab = module.model, module.hparams.vocab
     else:
         model, tokenizer = load_model(ckpt_path)
-        vocab = tokenizer.vocab
+        vocab = tokenizer.spec
     dense = dense_export(model, vocab)
     dense_bytes = len(to_bytes(dense))
     obj = dense if format == "dense" else compressed_export(module)

@@ -22,9 +22,9 @@ import torch
 
 from spectral_lightning.checkpoints import load_model
 from spectral_lightning.convert import densify
-from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError, exit_on_user_error
 from spectral_lightning.model import CausalLM
+from spectral_lightning.tokenization import Tokenizer
 
 SEPARATOR = "-" * 40
 
@@ -61,30 +61,40 @@ def check_options(max_new_tokens: int, temperature: float, top_k: int | None, nu
 
 def sample_stream(
     model: CausalLM,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int | None = None,
 ) -> Iterator[str]:
-    """Yield the characters that follow ``prompt``, one at a time, as the model samples them.
+    """Yield the text that follows ``prompt`` piece by piece, as the model samples each token (a character; for a
+    BPE, the text the new token completes, so multi-byte characters are never split).
 
-    An empty prompt starts from a newline (or the first vocabulary character), which is not yielded.
-    Raises ConfigError (before sampling anything) if the prompt has characters outside the vocabulary.
+    An empty prompt starts from the tokenizer's start (a newline, or a BPE's document separator), not yielded.
+    Raises ConfigError (before sampling anything) if a character model's prompt has characters outside the
+    vocabulary.
     """
-    start = prompt or ("\n" if "\n" in tokenizer.stoi else tokenizer.vocab[0])
+    start = tokenizer.encode(prompt) if prompt else tokenizer.start_ids()
     device = next(model.parameters()).device
-    idx = torch.tensor([tokenizer.encode(start)], dtype=torch.long, device=device)  # (1, T)
+    idx = torch.tensor([start], dtype=torch.long, device=device)  # (1, T)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     model.eval()
+    new: list[int] = []
+    emitted = ""
     for token in model.generate(idx, max_new_tokens, temperature, top_k, generator):
-        yield tokenizer.vocab[int(token[0, 0])]
+        new.append(int(token[0, 0]))
+        text = tokenizer.decode(new)
+        if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence waits for its next byte
+            yield text[len(emitted) :]
+            emitted = text
+    if len(emitted) < len(text := tokenizer.decode(new)):
+        yield text[len(emitted) :]
 
 
 def generate(
     model: CausalLM,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     prompt: str = "",
     max_new_tokens: int = 500,
     temperature: float = 0.8,

@@ -22,11 +22,11 @@ from torchmetrics.text import Perplexity
 from spectral_lightning.architectures import build_model
 from spectral_lightning.checkpoints import Checkpoint, check_vocab, read_checkpoint, transfer_weights
 from spectral_lightning.convert import is_dense_linear
-from spectral_lightning.data import CharTokenizer
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import BLOCK_LINEARS
 from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, resolve
 from spectral_lightning.seeds import derive_seed
+from spectral_lightning.tokenization import tokenizer_from_spec
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -37,7 +37,8 @@ class SpectralLM(L.LightningModule):
     """Next-character language model whose linears are stored by a chosen parameterization.
 
     Args:
-        vocab: the characters of the training text, in token order (linked from ``data.vocab``).
+        vocab: the tokenizer of the training data, linked from ``data.vocab``: the characters of the text in
+            token order (character data), or a BPE's tokenizer.json text (``spectral_lightning.tokenization``).
         block_size: context length (linked from ``data.block_size``).
         n_layer: transformer blocks (≥ 1).
         n_head: attention heads (≥ 1, must divide ``n_embd``).
@@ -118,7 +119,7 @@ class SpectralLM(L.LightningModule):
             )
         if warmup_steps < 0 or weight_decay < 0:
             raise ConfigError("model.warmup_steps and model.weight_decay must be >= 0")
-        self.tokenizer = CharTokenizer(vocab)
+        self.tokenizer = tokenizer_from_spec(vocab)
         self.parameterization = resolve(parameterization)
         self.model = build_model(self.hparams, self.parameterization)
         self.val_loss, self.val_ppl, self.val_bpb = MeanMetric(), Perplexity(), MeanMetric()
@@ -307,7 +308,7 @@ class SpectralLM(L.LightningModule):
         seed: int | None = None,
     ) -> list[str]:
         """Sample ``num_samples`` continuations of ``prompt`` (which must use the training vocabulary)."""
-        ids = self.tokenizer.encode(prompt or self.tokenizer.vocab[0])
+        ids = self.tokenizer.encode(prompt) if prompt else self.tokenizer.start_ids()
         idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         was_training = self.training
