@@ -9,9 +9,12 @@
 #   3. the GPU tests (tests/test_precision.py on CUDA, tests/test_compile.py with inductor), in the
 #      background of phase 4;
 #   4. the paper table and the K = mn/10, mn/20 sweep (benchmarks/reproduce.py, $STEPS steps, seeds 0 1,
-#      $JOBS runs sharing the GPU), then the reports from whatever finished (--report-only).
+#      $JOBS runs sharing the GPU), then the reports from whatever finished (--report-only);
+#   5. FSDP (configs/fsdp.yaml) on every GPU of the machine: 20 debug-size steps of the llama60m configs
+#      (dense, dct4x, lowrank) on a text made here (CUDA only; on the CPU the add-on must stop in one line).
 #
 # Usage:   benchmarks/gpu_checks.sh OUT_DIR [SECONDS]        (SECONDS: the whole script's budget, default 570)
+#          PHASES="5" benchmarks/gpu_checks.sh OUT_DIR 300   the FSDP check alone (phase 4 takes all time left);
 #          PHASES="4" benchmarks/gpu_checks.sh OUT_DIR 180   resumes the reproduction alone: finished runs are kept,
 #          runs stopped at the time cap go on from the last.ckpt they saved on SIGTERM.
 # Results: OUT_DIR/{env.txt, throughput_{eager,batched,fast}.md, logs.tgz (each phase's log, the test and the
@@ -26,7 +29,7 @@ device=${DEVICE:-cuda}
 steps=${STEPS:-5000}
 jobs=${JOBS:-10}
 debug=${DEBUG_SIZE:-}
-phases=${PHASES:-1 2 3 4}
+phases=${PHASES:-1 2 3 4 5}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
@@ -95,6 +98,17 @@ if has 4; then
   for _ in $(seq 20); do pgrep -f "cli.py fit" >/dev/null || break; sleep 1; done
   python3 benchmarks/reproduce.py "${repro[@]}" --report-only >>"$out/reproduce.log" 2>&1
   tar czf "$out/results.tgz" --exclude '*.ckpt' --exclude 'events.out.tfevents.*' results_gpu 2>>"$out/env.txt"
+fi
+if has 5 && [ "$device" = cuda ]; then
+  stamp "phase 5: FSDP, one short run per parameterization"
+  python3 -c "print('the cat sat on the mat. ' * 20000)" >"$out/fsdp_text.txt"
+  for name in dense dct4x lowrank; do
+    timeout "$(cap 120)" python3 cli.py fit --config "configs/llama60m/$name.yaml" --config configs/fsdp.yaml \
+      --trainer.devices -1 --trainer.max_steps 20 --data.batches_per_epoch 10 --trainer.limit_val_batches 2 \
+      --data.path "$out/fsdp_text.txt" --trainer.default_root_dir "$out/fsdp_runs" >>"$out/fsdp.log" 2>&1
+    stamp "phase 5 $name exit $?"
+  done
+  rm -rf "$out/fsdp_runs" "$out/fsdp_text.txt"
 fi
 [ -n "$tests" ] && wait "$tests"
 stamp "done"

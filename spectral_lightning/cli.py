@@ -93,6 +93,21 @@ def check_writable(option: str, path: str | Path) -> None:
         )
 
 
+def check_fsdp(strategy: Any, accelerator: Any) -> None:
+    """Stop at start-up, in one line, when the FSDP strategy is asked for where it cannot run: Lightning's
+    ``FSDPStrategy`` needs CUDA GPUs (it refuses ``accelerator='cpu'``; enabling it on CPU is an open request
+    upstream, Lightning-AI/pytorch-lightning#21812)."""
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", type(strategy).__name__)
+    if "fsdp" not in str(name).lower():
+        return
+    on_cpu = str(accelerator).lower() == "cpu" or not torch.cuda.is_available()
+    if on_cpu:
+        raise ConfigError(
+            f"trainer.strategy={str(name).rpartition('.')[2]} (configs/fsdp.yaml) needs CUDA GPUs: Lightning's FSDP "
+            "does not run on the CPU; drop --config configs/fsdp.yaml (or the strategy) to train here"
+        )
+
+
 def _is_progress_bar(callback: Any) -> bool:
     """Whether a callback entry of a parsed config (``class_path`` namespace or instance) is a progress bar."""
     if isinstance(callback, Callback):
@@ -135,6 +150,8 @@ class SpectralCLI(LightningCLI):
         # a run logged to a file) means "no bar", not Lightning's error about the conflict, so drop it here.
         if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             trainer["callbacks"] = [cb for cb in trainer["callbacks"] if not _is_progress_bar(cb)]
+        if trainer is not None:
+            check_fsdp(trainer.get("strategy"), trainer.get("accelerator", "auto"))
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         # SpectralArgumentParser reports a bad option in one line naming where it was given: it needs the args.

@@ -153,8 +153,37 @@ def test_addon_config_stacks_on_an_experiment(addon: Path, tiny_text: Path, caps
     printed = yaml.safe_load(capsys.readouterr().out)
     for section, values in yaml.safe_load(addon.read_text(encoding="utf-8")).items():
         for key, value in values.items():
-            assert printed[section][key] == value, f"{section}.{key}"
+            assert_holds(printed[section][key], value, f"{section}.{key}")
     assert printed["model"]["parameterization"]["class_path"].endswith("DCT")  # the experiment is kept
+
+
+def assert_holds(printed: object, given: object, where: str) -> None:
+    """``printed`` (the merged config) holds what the add-on ``given`` sets: mappings key by key (the printed
+    one also lists every default), lists as the same members (a set-typed option prints sorted)."""
+    if isinstance(given, dict):
+        for key, value in given.items():
+            assert_holds(printed[key], value, f"{where}.{key}")
+    elif isinstance(given, list):
+        assert sorted(map(str, printed)) == sorted(map(str, given)), where
+    else:
+        assert printed == given, where
+
+
+def test_fsdp_addon_stops_on_a_machine_without_gpus_in_one_line(
+    tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the FSDP add-on runs here (benchmarks/gpu_checks.sh checks it)")
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(REPO / "configs" / "dct4x.yaml"), "--config", str(REPO / "configs" / "fsdp.yaml"),
+            "--data.path", str(tiny_text)]  # fmt: skip
+    for extra in ([], ["--trainer.accelerator", "cpu"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main([*args, *extra])
+        assert exit_.value.code == 2
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+        assert "trainer.strategy=FSDPStrategy (configs/fsdp.yaml) needs CUDA GPUs" in line
+    assert list(tmp_path.iterdir()) == []
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
