@@ -20,6 +20,7 @@ from spectral_lightning.parameterizations import (
     register,
 )
 from spectral_lightning.tokenization import BPETokenizer, CharTokenizer
+from spectral_lightning.tokens import TokenDataModule
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "ParameterizedLinear",
     "RandomBasis",
     "SpectralLM",
+    "TokenDataModule",
     "available",
     "densify",
     "parameterize",

@@ -13,6 +13,7 @@ import hashlib
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from spectral_lightning.errors import ConfigError, DataError
 from spectral_lightning.files import atomic_write_bytes
 from spectral_lightning.seeds import derive_seed
-from spectral_lightning.tokenization import CharTokenizer
+from spectral_lightning.tokenization import CharTokenizer, Tokenizer
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -143,7 +144,76 @@ class ValWindows(Dataset):
         return self.data[i * self.block_size : (i + 1) * self.block_size + 1]  # (T + 1,)
 
 
-class CharDataModule(L.LightningDataModule):
+class WindowDataModule(L.LightningDataModule):
+    """What every data module of the project shares: token ids in ``train_data`` / ``val_data`` (anything
+    indexable by a LongTensor of positions, with a length: a tensor, or a memmap of token shards), a
+    ``tokenizer`` whose ``spec`` is the ``vocab`` linked into the model, training batches that are a pure
+    function of (seed, rank, batch index) and every non-overlapping validation window in order.
+
+    Subclasses call :meth:`check_options` first in ``__init__`` and :meth:`check_windows` once the data is there.
+    """
+
+    tokenizer: Tokenizer
+
+    def check_options(self) -> None:
+        """One-line errors for the batch options every data module has."""
+        for name in ("block_size", "batch_size", "batches_per_epoch"):
+            value = getattr(self.hparams, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{name}={value!r} is not valid: expected a positive integer")
+        workers = self.hparams.num_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"data.num_workers={workers!r} is not valid: expected an integer >= 0")
+
+    def check_windows(self, source: object, unit: str, hint: str) -> None:
+        """Raise unless each split holds at least one window of ``block_size + 1`` tokens."""
+        block_size = self.hparams.block_size
+        for split, part in (("training", self.train_data), ("validation", self.val_data)):
+            if len(part) < block_size + 1:
+                raise DataError(
+                    f"the {split} split of {source} has {len(part):,} {unit}, fewer than one window of "
+                    f"data.block_size + 1 = {block_size + 1}; {hint}"
+                )
+
+    @property
+    def vocab(self) -> str:
+        """The tokenizer's spec (the sorted characters, or a BPE's tokenizer.json); linked into the model so
+        checkpoints carry it."""
+        return self.tokenizer.spec
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def block_size(self) -> int:
+        """Context length in tokens; linked into the model."""
+        return self.hparams.block_size
+
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        # Resume: continue the stream at the first batch not yet trained on.
+        start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        hp = self.hparams
+        dataset = RandomWindowBatches(self.train_data, hp.block_size, hp.batch_size, hp.seed, rank)
+        return self._loader(dataset, batch_size=None, sampler=BatchStreamSampler(hp.batches_per_epoch, start))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(ValWindows(self.val_data, self.hparams.block_size), batch_size=self.hparams.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class CharDataModule(WindowDataModule):
     """Character-level language modelling data.
 
     Args:
@@ -173,14 +243,9 @@ class CharDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for name in ("block_size", "batch_size", "batches_per_epoch"):
-            value = getattr(self.hparams, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data.{name}={value!r} is not valid: expected a positive integer")
+        self.check_options()
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction!r} is not valid: expected a value in (0, 1)")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers!r} is not valid: expected an integer >= 0")
 
         if path is not None:
             self.source = Path(path)
@@ -197,41 +262,6 @@ class CharDataModule(L.LightningDataModule):
         data = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         n_train = int(len(data) * (1.0 - val_fraction))
         self.train_data, self.val_data = data[:n_train], data[n_train:]
-        for split, part in (("training", self.train_data), ("validation", self.val_data)):
-            if len(part) < block_size + 1:
-                raise DataError(
-                    f"the {split} split of {self.source} has {len(part)} characters, fewer than one window of "
-                    f"data.block_size + 1 = {block_size + 1}; use a longer text, a smaller block_size, "
-                    "or another val_fraction"
-                )
-
-    @property
-    def vocab(self) -> str:
-        """The sorted characters of the text; linked into the model so checkpoints carry it."""
-        return self.tokenizer.vocab
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:  # noqa: ANN003 (DataLoader options)
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **kwargs)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank = trainer.global_rank if trainer is not None else 0
-        # Resume: continue the stream at the first batch not yet trained on.
-        start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
-        hp = self.hparams
-        dataset = RandomWindowBatches(self.train_data, hp.block_size, hp.batch_size, hp.seed, rank)
-        return self._loader(dataset, batch_size=None, sampler=BatchStreamSampler(hp.batches_per_epoch, start))
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(ValWindows(self.val_data, self.hparams.block_size), batch_size=self.hparams.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        self.check_windows(
+            self.source, "characters", "use a longer text, a smaller block_size, or another val_fraction"
+        )
