@@ -29,7 +29,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from spectral_lightning.checkpoints import read_checkpoint
-from spectral_lightning.data import CharDataModule
+from spectral_lightning.data import WindowDataModule
 from spectral_lightning.errors import ConfigError, TrainingInterrupted, exit_on_user_error
 from spectral_lightning.module import NonFiniteLossError, SpectralLM
 from spectral_lightning.parameterizations import find_class
@@ -134,8 +134,11 @@ def logger_save_dir(default_root_dir: str | None, logger: Any) -> str | None:
 class SpectralCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
         # The vocabulary exists right after the DataModule's __init__; it travels into the model's hparams.
+        # data: any WindowDataModule; plain keys without a class_path (every config written before there was a
+        # choice) are CharDataModule's.
+        parser.set_defaults({"data": {"class_path": "spectral_lightning.CharDataModule"}})
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
-        parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments("data.block_size", "model.block_size", apply_on="instantiate")
         parser.link_arguments(
             ("trainer.default_root_dir", "trainer.logger"), "trainer.logger.init_args.save_dir", logger_save_dir
         )
@@ -284,7 +287,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SpectralCLI:
         with exit_on_user_error(NonFiniteLossError, MisconfigurationException):
             return SpectralCLI(
                 SpectralLM,
-                CharDataModule,
+                WindowDataModule,
+                subclass_mode_data=True,  # data: CharDataModule by default, or class_path: ...TokenDataModule
                 args=args,
                 run=run,
                 save_config_kwargs={"overwrite": True},

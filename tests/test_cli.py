@@ -85,7 +85,8 @@ def test_config_opens_with_its_command_and_parses(
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
 def test_paper_config_holds_the_shared_budget(name: str, tiny_text: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = printed_config(["--config", str(REPO / "configs" / f"{name}.yaml"), "--data.path", str(tiny_text)], capsys)
-    model, data, trainer = cfg["model"], cfg["data"], cfg["trainer"]
+    model, data, trainer = cfg["model"], cfg["data"]["init_args"], cfg["trainer"]
+    assert cfg["data"]["class_path"] == "spectral_lightning.CharDataModule"  # plain data keys: the default class
     assert (model["n_layer"], model["n_head"], model["n_embd"]) == (4, 4, 128)
     assert (model["lr"], list(model["betas"]), model["weight_decay"]) == (1e-3, [0.9, 0.99], 0.1)
     assert (model["warmup_steps"], model["min_lr"]) == (100, 1e-4)
