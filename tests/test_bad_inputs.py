@@ -201,7 +201,8 @@ ROWS = [
         ("cannot write the data cache cache.file/sub/tinyshakespeare/input.txt", "--data.data_dir")),
     # -- checkpoints ----------------------------------------------------------------------------------------
     Row("ckpt_from_another_vocabulary", lambda e: fit("--ckpt_path", str(e.ckpt), path=_other_vocab_text(e)),
-        ("was trained on a vocabulary of 17 characters", "this run's data has a vocabulary of", "use the text (and tokenizer) it was trained on")),
+        ("was trained on a vocabulary of 17 characters", "this run's data has a vocabulary of",
+         "use the text (and tokenizer) it was trained on")),
     Row("ckpt_truncated",
         lambda e: fit("--ckpt_path", e.write("half.ckpt", e.ckpt.read_bytes()[: e.ckpt.stat().st_size // 2])),
         ("--ckpt_path half.ckpt is not a complete checkpoint", "truncated, corrupt or not a checkpoint")),
