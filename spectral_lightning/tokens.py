@@ -141,4 +141,3 @@ class TokenDataModule(WindowDataModule):
                 raise DataError(f"rank 0 did not finish preparing {self.out} within {PREPARE_WAIT_S:.0f} s")
             time.sleep(1.0)
         return manifest
-
