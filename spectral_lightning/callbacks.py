@@ -43,7 +43,7 @@ from spectral_lightning.analysis import (
     rich_table,
     stable_rank,
 )
-from spectral_lightning.errors import ConfigError
+from spectral_lightning.errors import ConfigError, check_positive_int
 from spectral_lightning.model import CausalLM
 from spectral_lightning.parameterizations import Parameterization, resolve
 
@@ -59,12 +59,6 @@ def log_step(trainer: L.Trainer) -> int:
     """The step Lightning's own logger uses for the metrics logged now (validation metrics after 500 steps are
     logged at step 499), so images, text and scalars written here line up with ``val/loss``."""
     return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
-
-
-def _check_positive(option: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{option}={value!r} is not valid: expected a positive integer")
-    return value
 
 
 def _gpt(pl_module: L.LightningModule) -> CausalLM:
@@ -86,7 +80,7 @@ class _EveryNValidations(L.Callback):
     def __init__(self, every_n_validations: int) -> None:
         super().__init__()
         option = f"{type(self).__name__}.every_n_validations"
-        self.every_n_validations = _check_positive(option, every_n_validations)
+        self.every_n_validations = check_positive_int(option, every_n_validations)
         self._validations = 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -125,7 +119,7 @@ class ThroughputMonitor(L.Callback):
 
     def __init__(self, interval: int = 20, prog_bar: bool = True) -> None:
         super().__init__()
-        self.interval = _check_positive("ThroughputMonitor.interval", interval)
+        self.interval = check_positive_int("ThroughputMonitor.interval", interval)
         self.prog_bar = prog_bar
         self._start: float | None = None
         self._tokens = 0
@@ -324,12 +318,12 @@ class TextSamples(_EveryNValidations):
         if isinstance(temperature, bool) or not temperature >= 0:
             raise ConfigError(f"TextSamples.temperature={temperature!r} is not valid: expected a number >= 0")
         if top_k is not None:
-            _check_positive("TextSamples.top_k", top_k)
+            check_positive_int("TextSamples.top_k", top_k)
         self.prompt = prompt
-        self.max_new_tokens = _check_positive("TextSamples.max_new_tokens", max_new_tokens)
+        self.max_new_tokens = check_positive_int("TextSamples.max_new_tokens", max_new_tokens)
         self.temperature = float(temperature)
         self.top_k = top_k
-        self.num_samples = _check_positive("TextSamples.num_samples", num_samples)
+        self.num_samples = check_positive_int("TextSamples.num_samples", num_samples)
         self.seed = seed
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from spectral_lightning.architectures import architecture_of, build_model, dense_model, model_config
 from spectral_lightning.convert import dense_weight, densify, linear_layers
-from spectral_lightning.errors import ConfigError
+from spectral_lightning.errors import ConfigError, first_line
 from spectral_lightning.model import CausalLM
 from spectral_lightning.parameterizations import ParameterizedLinear
 from spectral_lightning.tokenization import Tokenizer, describe_spec, tokenizer_from_spec
@@ -77,11 +77,11 @@ def read_checkpoint(path: str | Path, option: str = "--ckpt_path") -> Checkpoint
         contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         raise ConfigError(
-            f"{where} holds objects that safe (weights-only) loading refuses ({_first_line(err)}); use a "
+            f"{where} holds objects that safe (weights-only) loading refuses ({first_line(err)}); use a "
             "checkpoint written by this project's fit or export"
         ) from None
     except Exception as err:  # noqa: BLE001 (torch raises RuntimeError, EOFError, ... for damaged files)
-        raise ConfigError(f"{where} cannot be read: {_first_line(err)}; {_CORRUPT}") from None
+        raise ConfigError(f"{where} cannot be read: {first_line(err)}; {_CORRUPT}") from None
     if isinstance(contents, dict) and contents.get("format") in _FORMATS:
         return Checkpoint(path, _FORMATS[contents["format"]], contents, option)
     if isinstance(contents, dict) and isinstance(contents.get("state_dict"), dict):
@@ -166,7 +166,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.model_state_dict())
         except RuntimeError as err:
-            raise ConfigError(f"{self.where} does not match its own options: {_first_line(err)}") from None
+            raise ConfigError(f"{self.where} does not match its own options: {first_line(err)}") from None
         return model.to(map_location).eval()
 
     # -- checks against the model of a run (before anything is written) -------------------------------------
@@ -269,8 +269,3 @@ def transfer_weights(source: CausalLM, target: CausalLM) -> None:
         if key.rpartition(".")[0] not in src_linears:
             merged[key] = value
     target.load_state_dict(merged)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

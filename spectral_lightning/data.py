@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from spectral_lightning.errors import ConfigError, DataError
+from spectral_lightning.errors import ConfigError, DataError, check_positive_int
 from spectral_lightning.files import atomic_write_bytes
 from spectral_lightning.seeds import derive_seed
 from spectral_lightning.tokenization import CharTokenizer, Tokenizer
@@ -158,9 +158,7 @@ class WindowDataModule(L.LightningDataModule):
     def check_options(self) -> None:
         """One-line errors for the batch options every data module has."""
         for name in ("block_size", "batch_size", "batches_per_epoch"):
-            value = getattr(self.hparams, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data.{name}={value!r} is not valid: expected a positive integer")
+            check_positive_int(f"data.{name}", getattr(self.hparams, name))
         workers = self.hparams.num_workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"data.num_workers={workers!r} is not valid: expected an integer >= 0")

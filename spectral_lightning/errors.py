@@ -40,6 +40,20 @@ class TrainingInterrupted(Exception):
         return 128 + self.signum
 
 
+def check_positive_int(option: str, value: object, hint: str = "") -> int:
+    """``value`` when it is an integer >= 1 (not a bool), else a :class:`ConfigError` naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{option}={value!r} is not valid: expected a positive integer{hint}")
+    return value
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors that
+    quote what a library said."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 @contextlib.contextmanager
 def exit_on_user_error(*also: type[BaseException]) -> Iterator[None]:
     """For command-line entry points: print a :class:`ConfigError` (or one of ``also``) as one line,

@@ -11,20 +11,37 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+class PendingFile:
+    """A binary file written under a temporary name in its destination folder: :meth:`commit` flushes, fsyncs and
+    renames it into place, :meth:`discard` removes it. For files written bit by bit (token shards) or several that
+    must appear together; :func:`atomic_write` is the one-call form."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions of a new file
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    pending = PendingFile(path)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions of a new file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write(pending.file)
+        pending.commit()
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        pending.discard()
         raise
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spectral_lightning.errors import ConfigError
+from spectral_lightning.errors import ConfigError, check_positive_int
 from spectral_lightning.model import CausalLM, LinearFactory
 from spectral_lightning.parameterizations import Dense, Parameterization, batch_groups
 
@@ -76,10 +76,10 @@ class LlamaConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.mlp_hidden is None:
             self.mlp_hidden = default_mlp_hidden(self.n_embd)
-        _check_positive_int("mlp_hidden", self.mlp_hidden, " (or null: 8·n_embd/3 rounded up to a multiple of 32)")
+        check_positive_int("mlp_hidden", self.mlp_hidden, " (or null: 8·n_embd/3 rounded up to a multiple of 32)")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             valid = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0 and (self.n_embd // h) % 2 == 0]
             raise ConfigError(
@@ -98,11 +98,6 @@ class LlamaConfig:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
-
-
-def _check_positive_int(name: str, value: object, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}={value!r} is not valid: expected a positive integer{hint}")
 
 
 class RMSNorm(nn.Module):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spectral_lightning.errors import ConfigError
+from spectral_lightning.errors import ConfigError, check_positive_int
 from spectral_lightning.parameterizations import (
     Dense,
     Parameterization,
@@ -44,9 +44,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r} is not valid: expected a positive integer")
+            check_positive_int(name, getattr(self, name))
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: choose n_head among "

@@ -44,10 +44,9 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +67,8 @@ from spectral_lightning.corpus import (
     verify_shards,
 )
 from spectral_lightning.errors import ConfigError, DataError, exit_on_user_error
-from spectral_lightning.files import atomic_write_bytes
-from spectral_lightning.tokenization import END_OF_TEXT, BPETokenizer
+from spectral_lightning.files import PendingFile, atomic_write_bytes
+from spectral_lightning.tokenization import END_OF_TEXT, BPETokenizer, check_bpe_vocab_size
 
 #: Characters tokenized per ``encode_batch`` call: bounds the memory of the token lists in flight.
 BATCH_CHARS = 1 << 21
@@ -78,35 +77,10 @@ TOKENIZER_SAMPLE_BYTES = 50 * 1024 * 1024
 
 
 # -- preparation -------------------------------------------------------------------------------------------
-class _PendingFile:
-    """A file written under a temporary name in its destination folder, renamed into place by :meth:`commit`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        self.file: BinaryIO = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        Path(self.tmp).unlink(missing_ok=True)
-
-
 def _check_options(tokenizer: str, vocab_size: int, val_fraction: float, seed: int, workers: int | None) -> None:
     if tokenizer != "bpe" and not Path(tokenizer).is_file():
         raise DataError(f"tokenizer={tokenizer!r} is neither 'bpe' nor an existing tokenizer.json file")
-    minimum = 256 + 1
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < minimum:
-        raise ConfigError(
-            f"vocab_size={vocab_size!r} is not valid: a byte-level BPE needs at least 256 byte tokens + 1 special "
-            f"({END_OF_TEXT}) = {minimum}"
-        )
+    check_bpe_vocab_size(vocab_size)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise ConfigError(f"val_fraction={val_fraction!r} is not valid: expected a value in (0, 1)")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -243,7 +217,7 @@ def _write_shards(
     out: Path, sources: list[Source], bpe: BPETokenizer, separator: int, dtype: np.dtype, is_val: Any, bar: _Progress
 ) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
     """Tokenize every piece and append it to train.bin or val.bin; returns the counts and the sources' hashes."""
-    files = {split: _PendingFile(out / f"{split}.bin") for split in SPLITS}
+    files = {split: PendingFile(out / f"{split}.bin") for split in SPLITS}
     counts = {split: {"tokens": 0, "bytes": 0, "documents": 0} for split in SPLITS}
     hashes: dict[str, Any] = {}
     try:

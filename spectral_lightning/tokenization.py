@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from spectral_lightning.errors import ConfigError, DataError
+from spectral_lightning.errors import ConfigError, DataError, first_line
 
 #: The one special token of a BPE: it separates documents in the token stream.
 END_OF_TEXT = "<|endoftext|>"
@@ -106,7 +106,7 @@ class BPETokenizer:
         try:
             return cls(_tokenizers().Tokenizer.from_str(spec))
         except Exception as err:  # noqa: BLE001 (tokenizers raises its own exception types)
-            raise DataError(f"the recorded tokenizer cannot be read ({_first_line(err)})") from None
+            raise DataError(f"the recorded tokenizer cannot be read ({first_line(err)})") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> BPETokenizer:
@@ -117,18 +117,13 @@ class BPETokenizer:
         try:
             return cls(_tokenizers().Tokenizer.from_file(str(path)))
         except Exception as err:  # noqa: BLE001
-            raise DataError(f"tokenizer file {path} is not a valid tokenizer.json ({_first_line(err)})") from None
+            raise DataError(f"tokenizer file {path} is not a valid tokenizer.json ({first_line(err)})") from None
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         """Train a byte-level BPE of ``vocab_size`` tokens (256 bytes + merges + ``<|endoftext|>``) on ``texts``."""
         tk = _tokenizers()
-        minimum = 256 + 1
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < minimum:
-            raise ConfigError(
-                f"vocab_size={vocab_size!r} is not valid: a byte-level BPE needs at least 256 byte tokens + 1 special "
-                f"= {minimum}"
-            )
+        check_bpe_vocab_size(vocab_size)
         tokenizer = tk.Tokenizer(tk.models.BPE())
         tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = tk.decoders.ByteLevel()
@@ -175,6 +170,17 @@ class BPETokenizer:
         return sizes
 
 
+def check_bpe_vocab_size(vocab_size: object) -> int:
+    """``vocab_size`` when a byte-level BPE can have it: the 256 byte tokens plus ``<|endoftext|>`` at least."""
+    minimum = 256 + 1
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise ConfigError(
+            f"vocab_size={vocab_size!r} is not valid: a byte-level BPE needs at least 256 byte tokens + 1 special "
+            f"({END_OF_TEXT}) = {minimum}"
+        )
+    return vocab_size
+
+
 def tokenizer_from_spec(spec: str) -> CharTokenizer | BPETokenizer:
     """The tokenizer a run recorded: a ``tokenizer.json`` text (a JSON object) is a BPE, anything else the
     characters of a :class:`CharTokenizer`."""
@@ -201,8 +207,3 @@ def _tokenizers() -> Any:
     except ImportError:
         raise ConfigError("a BPE tokenizer needs the tokenizers package: pip install tokenizers") from None
     return tokenizers
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
