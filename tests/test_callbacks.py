@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from spectral_lightning import DCT, CharDataModule, SpectralLM, callbacks
+from spectral_lightning import DCT, CharDataModule, SpectralLM
+from spectral_lightning.callbacks import console
 from spectral_lightning.callbacks import (
     HParamsSummary,
     ParameterTable,
@@ -88,7 +89,7 @@ def test_throughput_monitor_rate_with_a_fake_clock(monkeypatch: pytest.MonkeyPat
     """B·T tokens per (B, T + 1) batch, times the world size, over the interval's time; restarted after
     validation so evaluation time is not charged; logged at Lightning's logging step."""
     clock = iter([10.0, 12.0, 100.0, 100.5])  # start, end of interval 1; start, end of interval 2
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(console.time, "perf_counter", lambda: next(clock))
     logged, bar = [], []
     logger = types.SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     loop = types.SimpleNamespace(_batches_that_stepped=4)

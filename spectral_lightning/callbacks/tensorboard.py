@@ -1,195 +1,21 @@
-"""Console and TensorBoard extras: what compression saved, how the spectra evolve, what the model writes.
-
-Every callback here is cheap enough to leave on (the default configs list them all) and is switched off by
-deleting its entry from ``trainer.callbacks`` in the YAML. None of them draws from the global random number
-generators, so a run's data stream and dropout masks are the same with or without them. They only present:
-every number comes from :mod:`spectral_lightning.analysis`, which the benchmarks use too.
-
-=====================  ==========================================================================================
-callback               writes
-=====================  ==========================================================================================
-ThroughputMonitor      ``train/tokens_per_sec`` (progress bar and logger), measured over ``interval`` steps
-ParameterTable         at fit start: a rich table of every parameterized linear and the model totals (console),
-                       and the same table as TensorBoard text (``model/parameters``)
-ScalarLayout           TensorBoard custom-scalars layout: train and val loss on one chart, val ppl, val bits per
-                       byte, lr, tokens/s, stable ranks
-HParamsSummary         the hparams tab: every hyperparameter plus ``hparams/val_loss``, ``val_ppl``, ``val_bpb``,
-                       ``hparams/stored_ratio`` and ``hparams/stored_params``, rewritten after each validation
-TextSamples            ``samples`` text: continuations of a fixed prompt with a fixed seed after each validation
-SpectrumMonitor        per parameterized layer, every N validations: ``spectrum/<layer>`` image of the 2-D DCT
-                       energy over the m×n frequency plane, ``stable_rank/<layer>`` scalar, ``coefficients/<layer>``
-                       histogram of the stored values
-=====================  ==========================================================================================
-
-Open the dashboard with ``tensorboard --logdir runs``.
-"""
+"""TensorBoard callbacks: the custom-scalars layout, the HPARAMS tab, text samples and the spectra."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from rich.console import Console
 from torch import Tensor
 
 from spectral_lightning.analysis import (
     frequency_plane,
-    markdown_table,
     parameter_report,
-    parameter_table,
-    rich_table,
     stable_rank,
 )
+from spectral_lightning.callbacks.base import EveryNValidations, log_step, model_of, tensorboard_logger
 from spectral_lightning.errors import ConfigError, check_positive_int
-from spectral_lightning.model import CausalLM
 from spectral_lightning.parameterizations import Parameterization, resolve
-
-# -- helpers -------------------------------------------------------------------------------------------------
-
-
-def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
-    """The trainer's first TensorBoardLogger, or None."""
-    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
-
-
-def log_step(trainer: L.Trainer) -> int:
-    """The step Lightning's own logger uses for the metrics logged now (validation metrics after 500 steps are
-    logged at step 499), so images, text and scalars written here line up with ``val/loss``."""
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
-
-
-def _gpt(pl_module: L.LightningModule) -> CausalLM:
-    model = getattr(pl_module, "model", None)
-    if not isinstance(model, CausalLM):
-        raise ConfigError(
-            "this callback needs a LightningModule with a CausalLM in `.model` (SpectralLM); got "
-            f"{type(pl_module).__name__}"
-        )
-    return model
-
-
-class _EveryNValidations(L.Callback):
-    """A callback that acts at validations N, 2N, 3N, ... (sanity check excluded, rank 0 only).
-
-    The count is saved in checkpoints (``{"validations": count}``), so a resumed run keeps the cadence.
-    """
-
-    def __init__(self, every_n_validations: int) -> None:
-        super().__init__()
-        option = f"{type(self).__name__}.every_n_validations"
-        self.every_n_validations = check_positive_int(option, every_n_validations)
-        self._validations = 0
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if self._validations % self.every_n_validations == 0 and trainer.is_global_zero:
-            self.write(trainer, pl_module)
-
-    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Write this callback's output at the current step (called on rank 0 only)."""
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self._validations}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._validations = int(state_dict.get("validations", 0))
-
-
-# -- console -------------------------------------------------------------------------------------------------
-
-
-class ThroughputMonitor(L.Callback):
-    """Log training throughput as ``train/tokens_per_sec`` (progress bar and logger).
-
-    Tokens are counted from batch shapes (no device sync) and timed over ``interval`` training batches; on GPU
-    the device is synchronized once per interval so the time covers the queued work. The interval restarts
-    after each validation, so evaluation time is not charged to training. The value is the total over all
-    devices (per-device rate × world size).
-
-    Args:
-        interval: training batches per measurement (≥ 1); each measurement is logged once and stays in the bar.
-        prog_bar: also show it in the progress bar.
-    """
-
-    def __init__(self, interval: int = 20, prog_bar: bool = True) -> None:
-        super().__init__()
-        self.interval = check_positive_int("ThroughputMonitor.interval", interval)
-        self.prog_bar = prog_bar
-        self._start: float | None = None
-        self._tokens = 0
-        self._steps = 0
-
-    def _now(self, pl_module: L.LightningModule) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._start is None:
-            self._start, self._tokens, self._steps = self._now(pl_module), 0, 0
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        # Next-token prediction on (B, T + 1) windows trains on B·T tokens.
-        self._tokens += batch.shape[0] * (batch.shape[1] - 1) if isinstance(batch, Tensor) else 0
-        self._steps += 1
-        if self._steps < self.interval or self._start is None:
-            return
-        now = self._now(pl_module)
-        rate = self._tokens * trainer.world_size / max(now - self._start, 1e-9)
-        self._start, self._tokens, self._steps = now, 0, 0
-        # Once per interval: the progress bar keeps the last value; loggers get it at this step directly
-        # (pl_module.log would drop it unless the step happened to be a log_every_n_steps step).
-        if self.prog_bar:
-            pl_module.log("train/tokens_per_sec", rate, prog_bar=True, logger=False, on_step=True, on_epoch=False)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics({"train/tokens_per_sec": rate}, log_step(trainer))
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = None  # restart the interval at the next training batch
-
-
-class ParameterTable(L.Callback):
-    """At fit start, print a rich table of every parameterized linear and the model totals (rank 0 only).
-
-    Columns: layer name, weight shape m×n, parameterization, stored values, dense values (m·n), ratio. Footer
-    rows: the parameterized linears' sum, and the whole model's parameters against the dense model of the same
-    shape (embeddings, norms, biases and the LM head included).
-
-    Args:
-        log_text: also write the table as Markdown to TensorBoard text (``model/parameters``).
-        width: console width in characters (None: the terminal's width, or 120 when writing to a file).
-    """
-
-    def __init__(self, log_text: bool = True, width: int | None = None) -> None:
-        super().__init__()
-        self.log_text = log_text
-        self.width = width
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        table = parameter_table(*parameter_report(_gpt(pl_module)))
-        console = Console(width=self.width)
-        if self.width is None and not console.is_terminal:
-            console = Console(width=120)  # logs and pipes: wide enough that no layer name is cut
-        console.print(rich_table(table))
-        tb = tensorboard_logger(trainer)
-        if self.log_text and tb is not None:
-            tb.experiment.add_text("model/parameters", markdown_table(table), log_step(trainer))
-
-
-# -- TensorBoard ---------------------------------------------------------------------------------------------
 
 
 class ScalarLayout(L.Callback):
@@ -268,7 +94,7 @@ class HParamsSummary(L.Callback):
 
     def metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """The five ``hparams/*`` metrics (the validation ones only once a validation has logged them)."""
-        _, totals = parameter_report(_gpt(pl_module))
+        _, totals = parameter_report(model_of(pl_module))
         out = {"hparams/stored_ratio": totals.ratio, "hparams/stored_params": float(totals.stored)}
         keys = (self.loss_key, "hparams/val_loss"), (self.ppl_key, "hparams/val_ppl"), (self.bpb_key, "hparams/val_bpb")
         for key, tag in keys:
@@ -286,7 +112,7 @@ class HParamsSummary(L.Callback):
         tb.log_hyperparams(self.params(trainer, pl_module), self.metrics(trainer, pl_module), step=log_step(trainer))
 
 
-class TextSamples(_EveryNValidations):
+class TextSamples(EveryNValidations):
     """After each validation, write continuations of a fixed prompt to TensorBoard text (``samples``).
 
     Sampling uses a private generator seeded with ``seed`` (rank 0 only), so the same checkpoint always
@@ -353,7 +179,7 @@ class TextSamples(_EveryNValidations):
         tb.experiment.add_text("samples", f"step {trainer.global_step}, seed {self.seed}:\n\n{body}", log_step(trainer))
 
 
-class SpectrumMonitor(_EveryNValidations):
+class SpectrumMonitor(EveryNValidations):
     """Every N validations, per parameterized layer: its DCT spectrum, stable rank and stored values.
 
     * ``spectrum/<layer>``: a (1, m, n) grayscale image of log10 |X|² over the layer's
@@ -401,7 +227,7 @@ class SpectrumMonitor(_EveryNValidations):
         """Write every parameterized layer's image, stable rank and histogram at the current step."""
         tb = tensorboard_logger(trainer)
         step = log_step(trainer)
-        gpt = _gpt(pl_module)
+        gpt = model_of(pl_module)
         linears = gpt.linears()
         ranks = {}
         for name in gpt.parameterized:
@@ -421,14 +247,3 @@ class SpectrumMonitor(_EveryNValidations):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_start and trainer.global_step == 0 and trainer.is_global_zero:
             self.write(trainer, pl_module)
-
-
-__all__ = [
-    "HParamsSummary",
-    "ParameterTable",
-    "ScalarLayout",
-    "SpectrumMonitor",
-    "TextSamples",
-    "ThroughputMonitor",
-    "tensorboard_logger",
-]
