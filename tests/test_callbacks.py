@@ -20,7 +20,6 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from spectral_lightning import DCT, CharDataModule, SpectralLM
-from spectral_lightning.callbacks import console
 from spectral_lightning.callbacks import (
     HParamsSummary,
     ParameterTable,
@@ -28,6 +27,7 @@ from spectral_lightning.callbacks import (
     SpectrumMonitor,
     TextSamples,
     ThroughputMonitor,
+    console,
 )
 from spectral_lightning.errors import ConfigError
 
