@@ -1,7 +1,7 @@
 """spectral_lightning: train transformers whose linear weights live in a compressed form.
 
 Importing the package registers the built-in parameterizations (``dense``, ``dct``, ``lowrank``,
-``random_basis``).
+``random_basis``, ``sparse_lowrank``, ``monarch``, ``kronecker``).
 """
 
 from spectral_lightning.convert import densify, parameterize, parameterized_names
@@ -12,10 +12,13 @@ from spectral_lightning.module import SpectralLM
 from spectral_lightning.parameterizations import (
     DCT,
     Dense,
+    Kronecker,
     LowRank,
+    Monarch,
     Parameterization,
     ParameterizedLinear,
     RandomBasis,
+    SparseLowRank,
     available,
     register,
 )
@@ -34,10 +37,13 @@ __all__ = [
     "Dense",
     "GPT",
     "GPTConfig",
+    "Kronecker",
     "LowRank",
+    "Monarch",
     "Parameterization",
     "ParameterizedLinear",
     "RandomBasis",
+    "SparseLowRank",
     "SpectralLM",
     "TokenDataModule",
     "available",

@@ -92,8 +92,20 @@ def test_default_patterns_take_every_block_linear_but_not_the_head(arch: str) ->
         ("gpt2", {"class_path": "dct", "init_args": {"compression": 1, "selection": "random"}}),
         ("gpt2", {"class_path": "lowrank", "init_args": {"rank": 32}}),  # every GPT-2 linear has min(m, n) = 32
         ("gpt2", {"class_path": "random_basis", "init_args": {"compression": 1}}),
+        ("gpt2", {"class_path": "monarch", "init_args": {"width": 32}}),  # full-rank blocks
+        ("gpt2", {"class_path": "kronecker", "init_args": {"m1": 8, "n1": 4, "terms": 32}}),  # min(32, m2·n2)
+        ("gpt2", {"class_path": "sparse_lowrank", "init_args": {"rank": 32}}),  # full rank plus S
     ],
-    ids=["gpt2-dct", "llama-dct", "gpt2-dct-random", "gpt2-lowrank-full", "gpt2-random_basis"],
+    ids=[
+        "gpt2-dct",
+        "llama-dct",
+        "gpt2-dct-random",
+        "gpt2-lowrank-full",
+        "gpt2-random_basis",
+        "gpt2-monarch-full",
+        "gpt2-kronecker-full",
+        "gpt2-sparse_lowrank-full",
+    ],
 )
 def test_full_size_parameterization_keeps_the_logits(arch: str, spec: dict) -> None:
     """At compression 1 (or full rank) ``init="keep"`` represents every weight exactly: the logits change by
@@ -241,8 +253,9 @@ def test_densify_keeps_dtype_and_frozen_parameters() -> None:
         ("gpt2", {"class_path": "dct", "init_args": {"compression": 4, "selection": "random", "seed": 3}}, None),
         ("llama", {"class_path": "dct", "init_args": {"compression": 2}}, ["*.self_attn.*", "*.mlp.up_proj"]),
         ("llama", {"class_path": "lowrank", "init_args": {"rank": 4}}, ["*_proj", "lm_head"]),
+        ("llama", {"class_path": "kronecker", "init_args": {"compression": 4}}, None),
     ],
-    ids=["gpt2-dct-random", "llama-dct-some", "llama-lowrank-with-head"],
+    ids=["gpt2-dct-random", "llama-dct-some", "llama-lowrank-with-head", "llama-kronecker"],
 )
 def test_state_dict_holds_trainable_values_only_and_reloads_into_a_fresh_conversion(
     arch: str, spec: dict, patterns: list[str] | None

@@ -26,6 +26,9 @@ STRATEGIES = {
     "dct_lowpass_c4": ({"class_path": "dct", "init_args": {"compression": 4, "selection": "lowpass"}}, True),
     "dct_random_c2": ({"class_path": "dct", "init_args": {"compression": 2, "selection": "random", "seed": 3}}, True),
     "lowrank": ({"class_path": "lowrank", "init_args": {"rank": 4}}, True),
+    "monarch_c4": ({"class_path": "monarch", "init_args": {"compression": 4}}, True),
+    "kronecker_c4": ({"class_path": "kronecker", "init_args": {"compression": 4}}, True),
+    "sparse_lowrank_c4": ({"class_path": "sparse_lowrank", "init_args": {"compression": 4}}, True),
 }
 
 
@@ -161,6 +164,13 @@ CONVERSIONS = {
     "lowrank_full": ({"class_path": "lowrank", "init_args": {"rank": 32}}, True),  # min(m, n) = 32
     "dct_lowpass_c4": ({"class_path": "dct", "init_args": {"compression": 4}}, False),
     "lowrank_4": ({"class_path": "lowrank", "init_args": {"rank": 4}}, False),
+    "monarch_full": ({"class_path": "monarch", "init_args": {"width": 32}}, True),  # width = min(m, n) = 32
+    # A 8×4 (32 values), B at least 32 values: 32 terms represent every tiny-model weight.
+    "kronecker_full": ({"class_path": "kronecker", "init_args": {"m1": 8, "n1": 4, "terms": 32}}, True),
+    "monarch_c4": ({"class_path": "monarch", "init_args": {"compression": 4}}, False),
+    "kronecker_c4": ({"class_path": "kronecker", "init_args": {"compression": 4}}, False),
+    "sparse_lowrank_full": ({"class_path": "sparse_lowrank", "init_args": {"rank": 32}}, True),  # min(m, n) = 32
+    "sparse_lowrank_c4": ({"class_path": "sparse_lowrank", "init_args": {"compression": 4}}, False),
 }
 
 

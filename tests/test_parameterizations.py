@@ -27,8 +27,10 @@ from spectral_lightning.module import SpectralLM
 from spectral_lightning.parameterizations import (
     DCT,
     Dense,
+    Kronecker,
     LowRank,
     LowRankLinear,
+    Monarch,
     Parameterization,
     ReconstructedLinear,
     available,
@@ -39,6 +41,7 @@ from spectral_lightning.parameterizations import (
 from spectral_lightning.parameterizations.dct import select_positions, zigzag_order
 from spectral_lightning.parameterizations.options import check_std
 from spectral_lightning.parameterizations.random_basis import RandomBasis, random_orthogonal
+from spectral_lightning.parameterizations.sparse_lowrank import SparseLowRank
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:
@@ -95,7 +98,12 @@ FULL_VS_REDUCED = [
         id="dct-random",
     ),
     pytest.param(lambda m, n: LowRank(rank=min(m, n)), LowRank(compression=4), id="lowrank"),
+    # width k = min(m, n): every one of the 4×4 blocks has full rank k/4 = min(m, n)/4.
+    pytest.param(lambda m, n: Monarch(nblocks=4, width=min(m, n)), Monarch(compression=4), id="monarch"),
+    # A 8×8, B (m/8 × n/8) of at least 64 entries: 64 terms = min(64, mn/64) represent every matrix.
+    pytest.param(lambda m, n: Kronecker(terms=64, m1=8, n1=8), Kronecker(compression=4), id="kronecker"),
     pytest.param(lambda m, n: RandomBasis(compression=1), RandomBasis(compression=4), id="random_basis"),
+    pytest.param(lambda m, n: SparseLowRank(rank=min(m, n)), SparseLowRank(compression=4), id="sparse_lowrank"),
 ]
 
 
@@ -156,8 +164,33 @@ ROWS = [
     pytest.param(Case(LowRank(rank=4), 32, 32, stored=4 * (32 + 32), init_rtol=0.2), id="lowrank-r4"),
     # compression 4 on 64×32: r = floor(mn / (c(m+n))) = floor(2048 / 384) = 5.
     pytest.param(Case(LowRank(compression=4), 32, 64, stored=5 * (64 + 32), init_rtol=0.2), id="lowrank-c4-64x32"),
+    # Monarch: k·(m + n) values; 4 blocks of width 8 (every 8×8 block of W has rank 2).
+    pytest.param(Case(Monarch(nblocks=4, width=8), 32, 32, stored=8 * (32 + 32), init_rtol=0.2), id="monarch-b4-k8"),
+    # compression 4 on 64×32: k = floor(mn / (c(m+n))) = floor(2048 / 384) = 5, b = largest divisor of 32 that is
+    # ≤ 5 = 4, so the block ranks are uneven (2, 1, 1, 1 along each block row).
+    pytest.param(Case(Monarch(compression=4), 32, 64, stored=5 * (64 + 32), init_rtol=0.2), id="monarch-c4-64x32"),
+    # Kronecker: t·(m1·n1 + m2·n2) values; A 4×8, B 8×4.
+    pytest.param(
+        Case(Kronecker(terms=2, m1=4, n1=8), 32, 32, stored=2 * (4 * 8 + 8 * 4), init_rtol=0.2), id="kronecker-t2"
+    ),
+    # compression 4 on 64×32: the fewest values per term is 96 (A 8×8, B 8×4, the squarer of the ties), and
+    # t = floor(2048 / (4·96)) = 5.
+    pytest.param(
+        Case(Kronecker(compression=4), 32, 64, stored=5 * (8 * 8 + 8 * 4), init_rtol=0.2), id="kronecker-c4-64x32"
+    ),
     # W = Q_mᵀ X Q_n with seeded random orthogonal Q; K = round(mn/c) random positions.
     pytest.param(Case(RandomBasis(compression=2, seed=1), 32, 32, stored=512, init_rtol=0.1), id="random_basis-c2"),
+    # W = B·A + S: rank 4 plus nnz = round(0.1·32·32) = 102 entries of S.
+    pytest.param(
+        Case(SparseLowRank(rank=4, density=0.1), 32, 32, stored=4 * (32 + 32) + 102, init_rtol=0.2),
+        id="sparse_lowrank-r4",
+    ),
+    # compression 4 on 64×32: budget floor(2048/4) = 512, S at least round(0.03·2048) = 61, r = floor((512 − 61)/96)
+    # = 4, and S takes the rest: 512 − 4·96 = 128 entries. Stored: exactly 512.
+    pytest.param(
+        Case(SparseLowRank(compression=4), 32, 64, stored=4 * (64 + 32) + 128, init_rtol=0.2),
+        id="sparse_lowrank-c4-64x32",
+    ),
 ]
 
 

@@ -6,11 +6,15 @@ name          W                           stored values
 dense         W                           m·n
 dct           C_mᵀ X C_n, X K-sparse      K = round(mn / c) (lowpass: a·b ≈ K)
 lowrank       B·A, B m×r, A r×n           r·(m + n)
+monarch       R·P₁·L, L R block-diagonal  k·(m + n)
+kronecker     Σ_t A_t ⊗ B_t               t·(m1·n1 + m2·n2)
 random_basis  Q_mᵀ X Q_n, X K-sparse      K = round(mn / c)
 ============  ==========================  =====================================
 
 C_m is the orthonormal m×m DCT-II matrix; Q_m, Q_n are fixed random orthogonal matrices drawn from a seed
-(``random_basis``: the paper v2's control). Add your own with one class and one ``@register("name")`` line.
+(``random_basis``: the paper v2's control). ``sparse_lowrank`` stores W = B·A + S with S on a seeded random
+support of nnz entries: r·(m + n) + nnz = floor(mn / c) values. Add your own with one class and one
+``@register("name")`` line.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from spectral_lightning.parameterizations.base import (
 )
 from spectral_lightning.parameterizations.dct import DCT, DCTLinear, dct_matrix
 from spectral_lightning.parameterizations.dense import Dense, DenseLinear
+from spectral_lightning.parameterizations.kronecker import Kronecker, KroneckerLinear
 from spectral_lightning.parameterizations.lowrank import LowRank, LowRankLinear
+from spectral_lightning.parameterizations.monarch import Monarch, MonarchLinear
 from spectral_lightning.parameterizations.random_basis import RandomBasis, RandomBasisLinear
 from spectral_lightning.parameterizations.registry import (
     available,
@@ -36,6 +42,7 @@ from spectral_lightning.parameterizations.registry import (
     register,
     unregister,
 )
+from spectral_lightning.parameterizations.sparse_lowrank import SparseLowRank, SparseLowRankLinear
 
 
 def find_class(path: str) -> type:
@@ -76,14 +83,20 @@ __all__ = [
     "DCTLinear",
     "Dense",
     "DenseLinear",
+    "Kronecker",
+    "KroneckerLinear",
     "LowRank",
     "LowRankLinear",
+    "Monarch",
+    "MonarchLinear",
     "OrthonormalCoefficientLinear",
     "Parameterization",
     "ParameterizedLinear",
     "RandomBasis",
     "RandomBasisLinear",
     "ReconstructedLinear",
+    "SparseLowRank",
+    "SparseLowRankLinear",
     "available",
     "batch_groups",
     "batched_weights",
