@@ -13,11 +13,16 @@ Groups:
   random orthonormal basis}, plus low-rank at the matched count (``compression`` c gives the largest rank r
   with r·(m + n) ≤ mn/c). The sweep's DCT zigzag at mn/2 and lowpass at mn/4 are the paper's dct2x and dct4x
   runs, shared rather than trained twice.
+* ``baselines``: dense, DCT lowpass, DCT random, low-rank, Monarch, sparse + low-rank (SLTrain's W = B·A + S) and
+  Kronecker at compressions 4 and 10 (``--baseline-compressions``), each layer storing about mn/c values. Runs
+  that are also paper or sweep runs (dense, dct4x, the DCT random and low-rank points) are shared.
 
 Outputs (each written through a temporary file and a rename):
 
 * ``<out>/runs.csv``: every finished run under ``<out>/runs`` (all budgets), one row per run and seed;
-* ``<out>/summary.md``: mean ± std over seeds per config at this ``--steps`` budget, beside the paper's numbers;
+* ``<out>/summary.md``: mean ± std over seeds per config at this ``--steps`` budget, beside the paper's numbers
+  (and, once baselines runs exist, a baselines table: share of the dense model stored, val loss, bpb, stable
+  rank and training tokens/s relative to dense, per parameterization and compression);
 * ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per parameterization
   (needs matplotlib).
 
@@ -33,6 +38,8 @@ Examples::
     OMP_NUM_THREADS=1 python benchmarks/reproduce.py --groups paper --steps 300 --seeds 0 --device cpu
     # the sweep at the two strongest compressions only
     python benchmarks/reproduce.py --groups sweep --compressions 10 20 --steps 5000 --seeds 0 1
+    # the structured baselines at c = 4 and 10, two seeds
+    python benchmarks/reproduce.py --groups baselines --steps 5000 --seeds 0 1 --device gpu --jobs 4
 """
 
 from __future__ import annotations
@@ -62,6 +69,13 @@ CLI = REPO / "cli.py"
 CONFIGS = REPO / "configs"
 
 RANDOM_BASIS = "spectral_lightning.parameterizations.random_basis.RandomBasis"
+# Parameterizations given to a run as a class path with only ``compression`` set (no config of their own).
+CLASS_PATHS: dict[str, str] = {
+    "random_basis": RANDOM_BASIS,
+    "monarch": "spectral_lightning.parameterizations.monarch.Monarch",
+    "sparse_lowrank": "spectral_lightning.parameterizations.sparse_lowrank.SparseLowRank",
+    "kronecker": "spectral_lightning.parameterizations.kronecker.Kronecker",
+}
 
 # The paper's numbers (4 layers, d = 128, tiny Shakespeare). v1 reports validation perplexity, v2 validation loss.
 PAPER_V1_PPL: dict[str, str] = {
@@ -89,10 +103,23 @@ PARAMETERIZATION_LABEL: dict[str, str] = {
     "dct_random": "dct random",
     "random_basis": "random_basis",
     "lowrank": "lowrank",
+    "monarch": "monarch",
+    "sparse_lowrank": "sparse_lowrank",
+    "kronecker": "kronecker",
 }
 # A sweep point that is exactly a paper run is not trained twice.
 SHARED_WITH_PAPER: dict[tuple[str, float], str] = {("dct_zigzag", 2.0): "dct2x", ("dct_lowpass", 4.0): "dct4x"}
 DEFAULT_COMPRESSIONS: tuple[float, ...] = (2.0, 4.0, 10.0, 20.0)
+# The baselines group: every parameterization at the same compressions (dense joins as the reference).
+BASELINE_PARAMETERIZATIONS: tuple[str, ...] = (
+    "dct_lowpass",
+    "dct_random",
+    "lowrank",
+    "monarch",
+    "sparse_lowrank",
+    "kronecker",
+)
+BASELINE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "run",
@@ -143,9 +170,15 @@ def sweep_spec(key: str, c: float) -> RunSpec:
             selection,
         )
         return RunSpec(name, label, "dct4x.yaml", overrides, c, f"DCT {selection}, K = mn/{c:g}")
-    if key == "random_basis":
-        spec = json.dumps({"class_path": RANDOM_BASIS, "init_args": {"compression": c}})
-        return RunSpec(name, label, "dct4x.yaml", ("--model.parameterization", spec), c, f"random basis, K = mn/{c:g}")
+    if key in CLASS_PATHS:
+        spec = json.dumps({"class_path": CLASS_PATHS[key], "init_args": {"compression": c}})
+        description = {
+            "random_basis": f"random basis, K = mn/{c:g}",
+            "monarch": f"Monarch, k·(m+n) ≤ mn/{c:g}",
+            "sparse_lowrank": f"sparse + low-rank (S ≥ 3%), r·(m+n) + nnz = ⌊mn/{c:g}⌋",
+            "kronecker": f"Kronecker, t terms: t·(m1·n1 + m2·n2) ≤ mn/{c:g}",
+        }[key]
+        return RunSpec(name, label, "dct4x.yaml", ("--model.parameterization", spec), c, description)
     if key == "lowrank":
         overrides = (
             "--model.parameterization.init_args.rank",
@@ -157,8 +190,20 @@ def sweep_spec(key: str, c: float) -> RunSpec:
     raise ValueError(f"unknown sweep parameterization {key!r}")
 
 
-def build_grid(groups: Sequence[str], compressions: Sequence[float]) -> list[RunSpec]:
-    """The runs of ``groups`` (``paper``, ``sweep``), each once, in a stable order."""
+def baseline_spec(key: str, c: float) -> RunSpec:
+    """The baselines run of parameterization ``key`` at compression ``c`` (a paper run where one is the same)."""
+    shared = SHARED_WITH_PAPER.get((key, float(c)))
+    if shared:
+        name, label, compression, description = next(r for r in PAPER_RUNS if r[0] == shared)
+        return RunSpec(name, label, f"{name}.yaml", (), compression, description)
+    return sweep_spec(key, float(c))
+
+
+def build_grid(
+    groups: Sequence[str], compressions: Sequence[float], baseline_compressions: Sequence[float] = BASELINE_COMPRESSIONS
+) -> list[RunSpec]:
+    """The runs of ``groups`` (``paper``, ``sweep``, ``baselines``), each once, in a stable order; ``compressions``
+    are the sweep's, ``baseline_compressions`` the baselines'."""
     runs: dict[str, RunSpec] = {}
 
     def add(spec: RunSpec, group: str) -> None:
@@ -174,6 +219,11 @@ def build_grid(groups: Sequence[str], compressions: Sequence[float]) -> list[Run
             for key in SWEEP_PARAMETERIZATIONS:
                 shared = SHARED_WITH_PAPER.get((key, float(c)))
                 add(paper[shared] if shared else sweep_spec(key, float(c)), "sweep")
+    if "baselines" in groups:
+        add(paper["dense"], "baselines")
+        for c in baseline_compressions:
+            for key in BASELINE_PARAMETERIZATIONS:
+                add(baseline_spec(key, c), "baselines")
     return list(runs.values())
 
 
@@ -342,6 +392,7 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
     if not val:
         raise RuntimeError(f"run {directory} logged no val/loss; see {directory / 'train.log'}")
     ppl = scalars.get("val/ppl", [])
+    bpb = scalars.get("val/bpb", [])
     stored, dense, rank = stable_ranks(directory / "checkpoints" / "last.ckpt")
     config = (directory / "config.yaml").read_text()
     block = batch = None
@@ -363,6 +414,7 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
         "final_val_loss": round(val[-1][2], 5),
         "best_val_loss": round(min(v for _, _, v in val), 5),
         "final_val_ppl": round(ppl[-1][2], 4) if ppl else round(math.exp(val[-1][2]), 4),
+        "final_val_bpb": round(bpb[-1][2], 4) if bpb else None,  # metrics.json only (runs.csv keeps its columns)
         "mean_stable_rank": round(rank, 3),
         "tokens_per_s": round(tokens_per_second(scalars.get("train/loss", []), (block or 0) * (batch or 0)), 1),
         "wall_s": round(wall, 1),
@@ -526,6 +578,7 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
             ]
             lines.append(f"| {st} | " + " | ".join(row) + " |")
         lines.append("")
+    lines += baselines_markdown(runs, grid)
     lines += [
         "Paper: v1 reports validation perplexity (dense 6.1; DCT 6.1 at 52% and 6.9 at 29% of the parameters; "
         "low-rank 8.8 at 21%); v2 reports validation loss (dense 1.580; DCT K = mn/2 1.604; rank-48 low-rank "
@@ -533,6 +586,68 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
         "",
     ]
     return "\n".join(lines)
+
+
+def baselines_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[str]:
+    """The baselines table (one row per parameterization and compression, dense first), or nothing when no run
+    that only the baselines group trains has finished (so reports of the other groups stay as they were).
+
+    Tokens/s are relative to the mean of the dense rows of the same report (same budget and seeds); ``–`` when
+    there is no dense run or no throughput."""
+    own = [s for s in grid if s.groups == ("baselines",) and s.name in runs]
+    if not own:
+        return []
+    cs = sorted({s.compression for s in own})
+    dense = runs.get("dense", [])
+    dense_tps = [r["tokens_per_s"] for r in dense if math.isfinite(r["tokens_per_s"])]
+    reference = statistics.fmean(dense_tps) if dense_tps else math.nan
+    lines = [
+        "## Baselines",
+        "",
+        "Each block linear stores about mn/c values (dense: mn); % of dense counts the whole model (embeddings, "
+        "norms and head included). Val loss and stable rank as above, mean ± std over the n seeds; val bpb: bits per "
+        "byte of the held-out text at the last validation; tokens/s: mean training throughput, and its ratio to "
+        "the dense runs of this report.",
+        "",
+        "| parameterization | c | params | % of dense | final val loss | best val loss | val bpb | stable rank "
+        "| tokens/s | × dense | n |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    cells = [("dense", None, dense)] + [
+        (PARAMETERIZATION_LABEL[key], c, runs.get(baseline_spec(key, c).name, []))
+        for c in cs
+        for key in BASELINE_PARAMETERIZATIONS
+    ]
+    for label, c, rs in cells:
+        if not rs:
+            continue
+        bpb = [r["final_val_bpb"] for r in rs if r.get("final_val_bpb") is not None]
+        tps = [r["tokens_per_s"] for r in rs if math.isfinite(r["tokens_per_s"])]
+        speed = statistics.fmean(tps) if tps else math.nan
+        ratio = speed / reference if math.isfinite(speed) and math.isfinite(reference) and reference > 0 else None
+        lines.append(
+            f"| {label} | {'–' if c is None else f'{c:g}'} | {rs[0]['stored_params']:,} "
+            f"| {rs[0]['pct_of_dense']:.1f}% | {mean_std([r['final_val_loss'] for r in rs])} "
+            f"| {mean_std([r['best_val_loss'] for r in rs])} | {mean_std(bpb)} "
+            f"| {mean_std([r['mean_stable_rank'] for r in rs], 1)} "
+            f"| {'–' if not tps else f'{speed:,.0f}'} | {'–' if ratio is None else f'{ratio:.2f}×'} | {len(rs)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def plot_points(rows: list[dict]) -> dict[str, list[tuple[float, float, float]]]:
+    """The plot's lines: per parameterization label, (% of dense, mean, std of final val loss over seeds) per run,
+    by increasing share."""
+    points: dict[str, dict[float, list[float]]] = {}
+    for run in by_run(rows).values():
+        points.setdefault(run[0]["parameterization"], {})[run[0]["pct_of_dense"]] = [r["final_val_loss"] for r in run]
+    return {
+        label: [
+            (x, statistics.fmean(pts[x]), statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0) for x in sorted(pts)
+        ]
+        for label, pts in sorted(points.items())
+    }
 
 
 def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
@@ -546,14 +661,9 @@ def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
         raise SystemExit(
             "error: the summary plot needs matplotlib (pip install matplotlib); runs.csv and summary.md are written"
         ) from None
-    points: dict[str, dict[float, list[float]]] = {}
-    for run in by_run(rows).values():
-        points.setdefault(run[0]["parameterization"], {})[run[0]["pct_of_dense"]] = [r["final_val_loss"] for r in run]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for parameterization, pts in sorted(points.items()):
-        xs = sorted(pts)
-        ys = [statistics.fmean(pts[x]) for x in xs]
-        err = [statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0 for x in xs]
+    for parameterization, pts in plot_points(rows).items():
+        xs, ys, err = (list(column) for column in zip(*pts, strict=True))
         if parameterization == "dense":
             ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label="dense (100%)")
             continue
@@ -587,9 +697,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="learning-rate warm-up steps (default: the configs' 100, capped at steps/10 for short budgets)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (seed_everything and data.seed)")
-    parser.add_argument("--groups", nargs="+", choices=("paper", "sweep"), default=["paper", "sweep"])
+    parser.add_argument("--groups", nargs="+", choices=("paper", "sweep", "baselines"), default=["paper", "sweep"])
     parser.add_argument(
         "--compressions", type=float, nargs="+", default=list(DEFAULT_COMPRESSIONS), help="sweep's c in K = mn/c"
+    )
+    parser.add_argument(
+        "--baseline-compressions",
+        type=float,
+        nargs="+",
+        default=list(BASELINE_COMPRESSIONS),
+        help="the baselines group's compressions (default 4 10)",
     )
     parser.add_argument("--only", nargs="+", default=None, help="train only these run names (e.g. dense dct4x)")
     parser.add_argument("--device", default="auto", help="trainer.accelerator: auto, cpu, gpu (default auto)")
@@ -616,6 +733,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--jobs={args.jobs} is not valid: expected a positive integer")
     if any(not math.isfinite(c) or c < 1 for c in args.compressions):
         parser.error(f"--compressions={args.compressions} is not valid: expected numbers >= 1")
+    if any(not math.isfinite(c) or c < 1 for c in args.baseline_compressions):
+        parser.error(f"--baseline-compressions={args.baseline_compressions} is not valid: expected numbers >= 1")
     return args
 
 
@@ -626,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra += ["--data.path", str(Path(args.data_path).resolve())]
     warmup = min(100, args.steps // 10) if args.warmup is None else args.warmup
     budget = Budget(args.steps, args.device, tuple(extra), warmup)
-    grid = build_grid(args.groups, args.compressions)
+    grid = build_grid(args.groups, args.compressions, args.baseline_compressions)
     if args.only:
         unknown = sorted(set(args.only) - {s.name for s in grid})
         if unknown:
@@ -687,7 +806,8 @@ def write_reports(out: Path, budget: Budget, seeds: Sequence[int], command: str)
         raise SystemExit(f"error: no finished run of budget {budget.tag} and seeds {list(seeds)} under {out / 'runs'}")
     write_csv(out / "runs.csv", rows)
     md, png = (out / f"{summary_stem(budget)}{ext}" for ext in (".md", ".png"))
-    atomic_write_text(md, summary_markdown(current, build_grid(("paper", "sweep"), _cs(rows)), budget, command))
+    grid = build_grid(("paper", "sweep", "baselines"), _cs(rows), _cs(rows))
+    atomic_write_text(md, summary_markdown(current, grid, budget, command))
     summary_plot(png, current, budget)
     print(f"wrote {out / 'runs.csv'}, {md}, {png}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from helpers import REPO, make_text
 
 from spectral_lightning import DCT, Dense
 from spectral_lightning.model import GPT, GPTConfig
+from spectral_lightning.parameterizations import find_class, resolve
 
 
 def load_reproduce():
@@ -80,6 +82,92 @@ def test_summary_marks_sweep_cells_with_fewer_seeds():
     assert cells == {"dct random": "2.000 (n = 1)", "lowrank": "2.300 ± 0.141"}
     assert "| dense | dense | 100 | 10.0% | 1.600 ± 0.141 |" in md
     assert "seeds 0, 1; mean ± std over seeds ((n = k): a cell with only k of them)" in md
+
+
+BASELINE_RUNS = [
+    # (run name, config, class path of a parameterization given on the command line, compression)
+    ("dense", "dense.yaml", None, None),
+    ("dct4x", "dct4x.yaml", None, 4.0),  # the sweep's dct lowpass at c = 4: the paper run, not trained again
+    ("dct_random_c4", "dct4x.yaml", None, 4.0),
+    ("lowrank_c4", "lowrank.yaml", None, 4.0),
+    ("monarch_c4", "dct4x.yaml", "spectral_lightning.parameterizations.monarch.Monarch", 4.0),
+    ("sparse_lowrank_c4", "dct4x.yaml", "spectral_lightning.parameterizations.sparse_lowrank.SparseLowRank", 4.0),
+    ("kronecker_c4", "dct4x.yaml", "spectral_lightning.parameterizations.kronecker.Kronecker", 4.0),
+    ("dct_lowpass_c10", "dct4x.yaml", None, 10.0),
+    ("dct_random_c10", "dct4x.yaml", None, 10.0),
+    ("lowrank_c10", "lowrank.yaml", None, 10.0),
+    ("monarch_c10", "dct4x.yaml", "spectral_lightning.parameterizations.monarch.Monarch", 10.0),
+    ("sparse_lowrank_c10", "dct4x.yaml", "spectral_lightning.parameterizations.sparse_lowrank.SparseLowRank", 10.0),
+    ("kronecker_c10", "dct4x.yaml", "spectral_lightning.parameterizations.kronecker.Kronecker", 10.0),
+]
+
+
+def test_baselines_grid_has_every_parameterization_at_c4_and_c10():
+    grid = reproduce.build_grid(["baselines"], [2, 4, 10, 20])  # the sweep's compressions do not apply
+    assert [(s.name, s.config, s.compression) for s in grid] == [(n, cfg, c) for n, cfg, _, c in BASELINE_RUNS]
+    by_name = {s.name: s for s in grid}
+    for name, _, class_path, c in BASELINE_RUNS:
+        spec = by_name[name]
+        assert spec.groups == ("baselines",)
+        if class_path is not None:  # the parameterization resolves to the registered class at this compression
+            flag, value = spec.overrides
+            assert flag == "--model.parameterization"
+            assert resolve(json.loads(value)) == find_class(class_path)(compression=c)
+            assert spec.parameterization == find_class(class_path).name
+    assert by_name["dct_random_c10"].overrides == reproduce.sweep_spec("dct_random", 10).overrides
+    assert by_name["lowrank_c4"].parameterization == "lowrank"
+    # With the other groups, the runs they share are trained once and belong to every group that has them.
+    everything = {s.name: s for s in reproduce.build_grid(["paper", "sweep", "baselines"], [2, 4, 10, 20])}
+    assert len(everything) == 5 + 4 * 5 - 2 + 3 * 2  # paper + sweep, plus Monarch, sparse + low-rank, Kronecker
+    assert everything["dense"].groups == ("paper", "baselines")
+    assert everything["dct4x"].groups == ("paper", "sweep", "baselines")
+    assert everything["dct_random_c10"].groups == ("sweep", "baselines")
+    assert everything["sparse_lowrank_c4"].groups == ("baselines",)
+    assert [s.name for s in reproduce.build_grid(["baselines"], [], [2])][1:] == [
+        "dct_lowpass_c2", "dct_random_c2", "lowrank_c2", "monarch_c2", "sparse_lowrank_c2", "kronecker_c2"
+    ]  # fmt: skip
+
+
+def synthetic(run: str, seed: int, loss: float, tokens_per_s: float, pct: float, bpb: float | None = 2.0) -> dict:
+    """A finished run's row as metrics.json holds it (label: the run name without its ``_c<c>``)."""
+    return {
+        "run": run, "parameterization": run.split("_c")[0], "seed": seed, "machine": "test", "final_val_loss": loss,
+        "best_val_loss": loss - 0.1, "final_val_ppl": math.exp(loss), "final_val_bpb": bpb, "mean_stable_rank": 10.0,
+        "stored_params": 100, "pct_of_dense": pct, "tokens_per_s": tokens_per_s,
+    }  # fmt: skip
+
+
+def test_summary_baselines_table_relative_throughput_and_plot_lines():
+    rows = [synthetic("dense", 0, 1.5, 1000.0, 100.0), synthetic("dense", 1, 1.7, 3000.0, 100.0)]
+    rows += [synthetic("monarch_c4", 0, 2.0, 1000.0, 28.3), synthetic("monarch_c4", 1, 2.2, 1400.0, 28.3)]
+    rows += [synthetic("sparse_lowrank_c10", 0, 2.5, 4000.0, 14.3, bpb=None)]
+    rows += [synthetic("lowrank_c10", 0, 2.4, float("nan"), 14.0)]
+    grid = reproduce.build_grid(["paper", "sweep", "baselines"], [4, 10], [4, 10])
+    md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    table = md.split("## Baselines")[1].split("Paper: v1")[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    cells = {tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ")[2:] for line in lines}
+    # (parameterization, c) -> params, % of dense, final, best, bpb, stable rank, tokens/s, x dense, n; dense
+    # first, then each compression in the group's order; cells without runs are left out.
+    assert list(cells) == [("dense", "–"), ("monarch", "4"), ("lowrank", "10"), ("sparse_lowrank", "10")]
+    assert cells[("dense", "–")] == ["100", "100.0%", "1.600 ± 0.141", "1.500 ± 0.141", "2.000 ± 0.000", "10.0 ± 0.0",
+                                     "2,000", "1.00×", "2"]  # fmt: skip
+    # Relative throughput: the cell's mean tokens/s over the dense runs' mean (2,000).
+    assert cells[("monarch", "4")][6:] == ["1,200", "0.60×", "2"]
+    assert cells[("sparse_lowrank", "10")][4] == "–"  # no bpb recorded
+    assert cells[("sparse_lowrank", "10")][6:] == ["4,000", "2.00×", "1"]
+    assert cells[("lowrank", "10")][6:] == ["–", "–", "1"]  # no throughput measured
+    # The plot draws one line per parameterization: val loss against the share of the dense model stored.
+    points = reproduce.plot_points(rows)
+    assert set(points) == {"dense", "monarch", "sparse_lowrank", "lowrank"}
+    assert points["monarch"] == [(28.3, pytest.approx(2.1), pytest.approx(math.sqrt(0.02)))]
+    # Without a run that only the baselines group trains, the report is what it was before the group existed.
+    others = [r for r in rows if r["run"] in ("dense", "lowrank_c10")]
+    old_grid = reproduce.build_grid(["paper", "sweep"], [4, 10])
+    assert "Baselines" not in reproduce.summary_markdown(others, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    assert reproduce.summary_markdown(others, grid, reproduce.Budget(5000, "cpu", ()), "cmd") == (
+        reproduce.summary_markdown(others, old_grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    )
 
 
 def test_bad_debug_size_is_rejected():
