@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO, make_text
+from lightning import LightningDataModule
 
-from spectral_lightning import SpectralLM
+from spectral_lightning import SpectralLM, TokenDataModule
 from spectral_lightning.architectures import patterns_for
 from spectral_lightning.checkpoints import load_model, read_checkpoint
 from spectral_lightning.cli import cli_main
@@ -39,11 +40,12 @@ BLOCK_NAMES = {
 }  # fmt: skip
 
 
-def val_loss(module: SpectralLM, text: Path) -> float:
-    """Mean next-character loss over every validation window of the run's data (what val/loss logs)."""
+def val_loss(module: SpectralLM, text: Path, dm: LightningDataModule | None = None) -> float:
+    """Mean next-token loss over every validation window of the run's data module ``dm`` (default: the characters
+    of ``text``), which is what val/loss logs."""
     from spectral_lightning.data import CharDataModule
 
-    dm = CharDataModule(path=str(text), block_size=16, batch_size=4)
+    dm = dm or CharDataModule(path=str(text), block_size=16, batch_size=4)
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in dm.val_dataloader():
@@ -112,14 +114,18 @@ LLAMA_DEBUG = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", 
                "--trainer.enable_progress_bar", "false"]  # fmt: skip
 
 
-def test_llama_configs_are_the_papers_shapes() -> None:
+def test_llama_configs_are_the_papers_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the token shards of README.md go to data/README here
     assert {c.parent.name for c in LLAMA_CONFIGS} == {"llama60m", "llama130m"}
     assert {c.stem for c in LLAMA_CONFIGS} == {"dense", "dct2x", "dct4x", "lowrank"}
     shapes = {"llama60m": (8, 8, 512, 1376), "llama130m": (12, 12, 768, 2048)}
     for config in LLAMA_CONFIGS:
         cli = cli_main(["--config", str(config), "--data.path", str(REPO / "README.md")], run=False)
-        hp = cli.model.hparams
-        assert hp.architecture == "llama" and cli.datamodule.hparams.block_size == 256
+        hp, data = cli.model.hparams, cli.datamodule
+        assert hp.architecture == "llama" and data.hparams.block_size == 256
+        # Subword tokens: a 32,000-token BPE asked for; README.md alone supports fewer merges.
+        assert isinstance(data, TokenDataModule) and data.hparams.vocab_size == 32_000
+        assert data.out == Path("data/README") and 257 < len(data.tokenizer) <= 32_000
         assert (hp.n_layer, hp.n_head, hp.n_embd, cli.model.model.config.mlp_hidden) == shapes[config.parent.name]
 
 
@@ -128,8 +134,8 @@ def test_llama60m_config_trains_at_debug_size_reloads_exports_and_generates(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    text = tmp_path / "tiny.txt"
-    text.write_text(make_text(6_000), encoding="utf-8")
+    text = tmp_path / "tiny.txt"  # 20 paragraphs: the documents of the validation split
+    text.write_text("\n\n".join(make_text(600, seed) for seed in range(20)), encoding="utf-8")
     cli = cli_main(["fit", "--config", str(config), "--data.path", str(text), *LLAMA_DEBUG,
                     "--trainer.default_root_dir", "out"])  # fmt: skip
     (ckpt,) = (tmp_path / "out").rglob("last.ckpt")
@@ -137,7 +143,7 @@ def test_llama60m_config_trains_at_debug_size_reloads_exports_and_generates(
     assert type(reloaded.model) is type(cli.model.model) and reloaded.parameterization == cli.model.parameterization
     cli.model.eval()
     dm = cli.datamodule
-    assert val_loss(reloaded, text) == pytest.approx(val_loss(cli.model, text), rel=1e-6)
+    assert val_loss(reloaded, text, dm) == pytest.approx(val_loss(cli.model, text, dm), rel=1e-6)
     assert float(cli.trainer.callback_metrics["val/loss"]) > 0 and dm.hparams.block_size == 16
     export(ckpt, "dense", tmp_path / "dense.pt")
     model, tokenizer = load_model(tmp_path / "dense.pt")
