@@ -13,10 +13,13 @@ read for that child alone; each run has a process of its own so the high-water m
 Preparation streams the corpus, so the peak RSS of the 100 MB corpus should be within 1.3x of the 10 MB one.
 Then training reads: random windows of ``--block_size + 1`` tokens, ``--batch_size`` per batch, from the memmap of
 the largest corpus's ``train.bin`` through :class:`~spectral_lightning.data.RandomWindowBatches` (what the training
-DataLoader calls), in windows/s and tokens/s.
+DataLoader calls), in windows/s and tokens/s, set beside what training consumes: the tokens/s of a training step
+(forward, backward, AdamW) of the dense LLaMA-60M shape (d = 512, 8 layers, SwiGLU 1376, 32,000-token vocabulary,
+context ``--block_size``) on the same machine. Reading must outpace it at least 20 times over (windows/s against
+the step's tokens/s, the comparison the data module's design asks for: a window is a whole training sample).
 
     python benchmarks/data_throughput.py                      # 10 MB and 100 MB, vocabulary 2048
-    python benchmarks/data_throughput.py --sizes_mb 1 5       # a quick look
+    python benchmarks/data_throughput.py --sizes_mb 1 5 --model_steps 2   # a quick look
 """
 
 from __future__ import annotations
@@ -89,6 +92,33 @@ def _windows_per_second(out: Path, block_size: int, batch_size: int, batches: in
     return batches * batch_size / seconds
 
 
+def _llama60m_tokens_per_second(block_size: int, batch_size: int, steps: int) -> float:
+    """Tokens/s of dense LLaMA-60M training steps (forward, backward, AdamW) on this machine's CPU, after one
+    warm-up step."""
+    import torch
+
+    from spectral_lightning.llama import Llama, LlamaConfig
+    from spectral_lightning.parameterizations import Dense
+
+    config = LlamaConfig(vocab_size=32_000, block_size=block_size, n_layer=8, n_head=8, n_embd=512, mlp_hidden=1376)
+    model = Llama(config, Dense())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = torch.randint(config.vocab_size, (batch_size, block_size + 1), generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size * block_size / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes_mb", type=float, nargs="+", default=[10, 100])
@@ -96,6 +126,8 @@ def main() -> None:
     parser.add_argument("--block_size", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=500)
+    parser.add_argument("--model_batch_size", type=int, default=8, help="sequences per LLaMA-60M step")
+    parser.add_argument("--model_steps", type=int, default=5, help="timed LLaMA-60M steps (0: skip)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -127,6 +159,13 @@ def main() -> None:
                 print(f"  {size:.1f} MB {label}: {result['seconds']:.1f} s", file=sys.stderr)
         largest = folder / f"out_{max(args.sizes_mb):g}_bpe"
         windows = _windows_per_second(largest, args.block_size, args.batch_size, args.batches)
+    import torch
+
+    step_tokens = (
+        _llama60m_tokens_per_second(args.block_size, args.model_batch_size, args.model_steps)
+        if args.model_steps
+        else None
+    )
 
     print()
     print(f"Preparation (vocabulary {args.vocab_size:,}; tiny Shakespeare repeated; one process per run)")
@@ -149,6 +188,12 @@ def main() -> None:
         f"Training reads ({args.batch_size} x {args.block_size + 1}-token windows from the memmap, one process): "
         f"{windows:,.0f} windows/s = {windows * args.block_size:,.0f} tokens/s"
     )
+    if step_tokens is not None:
+        print(
+            f"Training consumes (dense LLaMA-60M step, batch {args.model_batch_size} x {args.block_size}, "
+            f"{torch.get_num_threads()} threads): {step_tokens:,.0f} tokens/s; windows/s read / tokens/s consumed = "
+            f"{windows / step_tokens:,.0f}x (target: at least 20x)"
+        )
 
 
 if __name__ == "__main__":
