@@ -4,7 +4,8 @@ At the paper's size an eager GPU step is launch-bound: its time follows the numb
 more than their flops. This script counts them with ``torch.profiler`` on the CPU (the count does not depend on
 the device): every ``aten::`` operator of one forward + backward of the paper's GPT (4 layers, d = 128; a
 small batch, since sizes do not change the count), and among them the matrix products (``mm``, ``bmm``,
-``addmm``) and the copies that stack or scatter weights (``cat``, ``index_copy``, ``index_select``).
+``addmm``) and the copies that stack or scatter weights (``cat``, ``index_copy``, ``index_select``). The DCT rows
+pin ``path: materialize``: batching concerns the path that rebuilds W, which ``auto`` need not choose.
 
     python benchmarks/op_count.py
 """
@@ -22,9 +23,12 @@ from spectral_lightning.parameterizations import resolve
 
 CONFIGS: dict[str, object] = {
     "dense": "dense",
-    "dct2x": {"class_path": "dct", "init_args": {"compression": 2.0, "selection": "zigzag"}},
-    "dct4x": {"class_path": "dct", "init_args": {"compression": 4.0, "selection": "lowpass"}},
-    "dct_random2x": {"class_path": "dct", "init_args": {"compression": 2.0, "selection": "random"}},
+    "dct2x": {"class_path": "dct", "init_args": {"compression": 2.0, "selection": "zigzag", "path": "materialize"}},
+    "dct4x": {"class_path": "dct", "init_args": {"compression": 4.0, "selection": "lowpass", "path": "materialize"}},
+    "dct_random2x": {
+        "class_path": "dct",
+        "init_args": {"compression": 2.0, "selection": "random", "path": "materialize"},
+    },
     "lowrank16": {"class_path": "lowrank", "init_args": {"rank": 16}},
 }
 PRODUCTS = {"aten::mm", "aten::bmm", "aten::addmm"}

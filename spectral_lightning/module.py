@@ -26,6 +26,7 @@ from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import BLOCK_LINEARS
 from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, resolve
 from spectral_lightning.seeds import derive_seed
+from spectral_lightning.support import AdaptiveSupport, has_moving_supports
 from spectral_lightning.tokenization import tokenizer_from_spec
 
 
@@ -285,6 +286,11 @@ class SpectralLM(L.LightningModule):
                 groups = schedule.optimizer.param_groups
                 for group, base, factor in zip(groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
                     group["lr"] = base * factor(schedule.last_epoch)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Supports that move (the parameterization's update_every) need the callback that moves them: added here,
+        # so a config sets only the parameterization's options.
+        return [AdaptiveSupport()] if has_moving_supports(self.model) else []
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

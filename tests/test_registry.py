@@ -137,4 +137,11 @@ def test_strategies_compare_and_print_by_options() -> None:
         "selection": "random",
         "seed": 3,
         "init_std": 0.02,
+        # the support that moves during training (None: fixed, the paper's) and the execution path
+        "update_every": None,
+        "update_until": 0.75,
+        "drop_fraction": 0.3,
+        "grow": "gradient",
+        "budget": "per_layer",
+        "path": "auto",
     }

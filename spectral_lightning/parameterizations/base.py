@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spectral_lightning.errors import ConfigError
+from spectral_lightning.parameterizations.adaptive import SupportSchedule, remap
 from spectral_lightning.parameterizations.options import (  # noqa: F401 (re-exported: part of the contract)
     check_compression,
     check_int,
@@ -222,29 +223,50 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
     needs no scatter at all); the product is taken in whichever order costs fewer flops; the K coefficients
     start with variance σ²·mn/K; a dense W is projected as X = P_m W P_nᵀ restricted to the positions.
 
+    With a ``support`` schedule the positions move during training
+    (:mod:`~spectral_lightning.parameterizations.adaptive`): the layer then uses the full bases (ra = m, cb = n:
+    growth can happen anywhere), stores a flat ``coef`` of shape (K,) and keeps ``positions`` (sorted) as a
+    persistent buffer, so checkpoints and exports restore the support; ``support_moves`` is True.
+
     Args:
         in_features: n.
         out_features: m.
         bias: learn a bias.
-        positions: sorted flat indices of the stored coefficients (derived from shape and options, never saved).
+        positions: sorted flat indices of the stored coefficients (derived from shape and options, never saved,
+            unless the support moves: then they are the starting support, and saved).
         seed: the seed the positions or bases derive from (kept for ``extra_repr`` and subclasses).
         init_std: per-entry standard deviation of the initial W (matches the dense init).
+        support: when and how the positions move; None (the default) = a fixed support.
     """
 
     _basis_buffers = ("basis_out", "basis_in")
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, positions: Tensor, seed: int, init_std: float
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        positions: Tensor,
+        seed: int,
+        init_std: float,
+        support: SupportSchedule | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias)
         self.seed, self.init_std = seed, init_std
+        self.support = support
+        self.support_moves = support is not None
+        self._probe: Tensor | None = None  # armed on update steps: its gradient is Ĝ (see adaptive.py)
         m, n = out_features, in_features
         rows, cols = positions // n, positions % n
-        # Only rows < ra and columns < cb hold coefficients: slice the bases to them once.
-        self.ra, self.cb = int(rows.max()) + 1, int(cols.max()) + 1
         self.k = positions.numel()
-        self.block = self.k == self.ra * self.cb  # the support is the full top-left block: no scatter
-        self._positions = rows * self.cb + cols  # flat indices into the ra×cb corner
+        if self.support_moves:
+            self.ra, self.cb, self.block = m, n, False
+            self.register_buffer("positions", positions.clone(), persistent=True)  # state: saved and restored
+        else:
+            # Only rows < ra and columns < cb hold coefficients: slice the bases to them once.
+            self.ra, self.cb = int(rows.max()) + 1, int(cols.max()) + 1
+            self.block = self.k == self.ra * self.cb  # the support is the full top-left block: no scatter
+            self._positions = rows * self.cb + cols  # flat indices into the ra×cb corner
         # Multiply in the cheaper order: (P_mᵀ X) P_n costs m·ra·cb + m·cb·n, P_mᵀ (X P_n) ra·cb·n + m·ra·n.
         self.out_first = m * self.cb * (self.ra + n) < n * self.ra * (self.cb + m)
         shape = (self.ra, self.cb) if self.block else (self.k,)
@@ -260,7 +282,8 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
     def _build_buffers(self, device: torch.device | None = None) -> None:
         self.register_buffer("basis_out", self.basis("out", torch.float32, device)[: self.ra], persistent=False)
         self.register_buffer("basis_in", self.basis("in", torch.float32, device)[: self.cb], persistent=False)
-        self.register_buffer("positions", self._positions.to(device), persistent=False)
+        if not self.support_moves:  # a moving support is state, never rebuilt from the options
+            self.register_buffer("positions", self._positions.to(device), persistent=False)
 
     def reset_parameters(self) -> None:
         # The bases are orthonormal, so ‖W‖_F² = ‖X‖_F² = sum of the K squared coefficients (Parseval). For
@@ -280,6 +303,13 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
         coef = (self.coef if coef is None else coef).to(self.basis_in.dtype)  # float32 (float64 after .double())
         if self.block:
             return coef
+        if self.support_moves:  # full m×n; scattered into the probe on update steps, so its gradient is Ĝ
+            x = (
+                self._probe
+                if self._probe is not None and torch.is_grad_enabled()
+                else coef.new_zeros(self.ra * self.cb)
+            )
+            return x.index_copy(0, self.positions, coef).view(self.ra, self.cb)
         lead = coef.shape[:-1] if coef.dim() == 2 else ()  # (L,) for stacked flat coefficients
         x = coef.new_zeros(*lead, self.ra * self.cb)
         return x.index_copy(x.dim() - 1, self.positions, coef).view(*lead, self.ra, self.cb)
@@ -294,14 +324,76 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
         return self.basis_out.t() @ (x @ self.basis_in)  # (m, ra) @ ((ra, cb) @ (cb, n)) -> (m, n)
 
     def batch_key(self) -> tuple:
-        # Positions and bases derive from the class, the shape and the options that describe() names.
+        # Positions and bases derive from the class, the shape and the options that describe() names. Moving
+        # supports share the full bases only (their positions, and under a global budget their K, differ).
+        if self.support_moves:
+            return (type(self), self.out_features, self.in_features, "moving", self.describe(), self.coef.dtype)
         return (type(self), self.out_features, self.in_features, self.k, self.describe(), self.coef.dtype)
 
     @classmethod
     def reconstruct_batch(cls, layers: Sequence[OrthonormalCoefficientLinear]) -> Tensor:
         first = layers[0]
+        if first.support_moves:  # each layer scatters into its own m×n plane (and probe, on update steps)
+            return first._synthesize(torch.stack([layer.coefficient_matrix() for layer in layers]))  # (L, m, n)
         coef = torch.stack([layer.coef for layer in layers])  # (L, ra, cb) or (L, k)
         return first._synthesize(first.coefficient_matrix(coef))  # (L, m, n)
+
+    # -- moving supports (adaptive.py holds the update maths) ----------------------------------------------
+    def arm_gradient_probe(self) -> None:
+        """Capture Ĝ = P_m (∂L/∂W) P_nᵀ in the coming backward passes (until disarmed; they add up): the
+        coefficients are scattered into a zero m×n tensor that requires grad instead of plain zeros, which leaves
+        the forward bit for bit unchanged and costs no extra product."""
+        if not self.support_moves:
+            raise ConfigError(f"{type(self).__name__} has a fixed support (update_every=None): nothing to capture")
+        if self._probe is None:
+            dtype = self.basis_in.dtype
+            self._probe = torch.zeros(self.ra * self.cb, dtype=dtype, device=self.coef.device, requires_grad=True)
+
+    def disarm_gradient_probe(self) -> None:
+        """Stop capturing and forget the captured gradient."""
+        self._probe = None
+
+    def coefficient_gradient(self) -> Tensor | None:
+        """Ĝ (m, n) accumulated since :meth:`arm_gradient_probe`, zero at the stored positions; None when
+        unarmed or before a backward pass."""
+        grad = None if self._probe is None else self._probe.grad
+        return None if grad is None else grad.view(self.ra, self.cb)
+
+    @torch.no_grad()
+    def set_support(self, positions: Tensor, source: Tensor) -> None:
+        """Move to sorted flat ``positions``; ``source[i]`` is the old index of the coefficient now at
+        ``positions[i]``, or -1 for a grown one (starts at 0). The ``coef`` Parameter stays the same object (the
+        optimizer keeps its reference); its size changes when K does (global budget)."""
+        coef = self.coef.detach()
+        new = remap(coef, source.to(coef.device))
+        if new.shape == coef.shape:  # in place: DDP's buffers and the optimizer see the same tensors
+            self.coef.copy_(new)
+            self.positions.copy_(positions)
+        else:
+            self.coef.data = new
+            self.coef.grad = None  # a gradient of the old size means nothing now
+            self.positions = positions.to(self.positions.device)
+        self.k = positions.numel()
+        self._cache = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):  # noqa: ANN001, ANN002, ANN202 (nn.Module signature)
+        saved = state_dict.get(prefix + "positions")
+        if self.support_moves and isinstance(saved, Tensor) and saved.dim() == 1 and saved.numel() != self.k:
+            # Under a global budget a trained layer's K differs from a freshly built one's: take the saved size.
+            self.coef.data = self.coef.data.new_zeros(saved.numel())
+            self.positions = self.positions.new_zeros(saved.numel())
+            self.k = saved.numel()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        if not self.support_moves:
+            return super().extra_repr()
+        s = self.support
+        return (
+            f"{super().extra_repr()}, support moves every {s.update_every} steps until {s.update_until:g} "
+            f"(drop {s.drop_fraction:g}, grow {s.grow}, budget {s.budget})"
+        )
 
     def _load_dense_weight(self, weight: Tensor) -> None:
         # The coefficients of W (W = P_mᵀ X P_n) in the ra×cb corner that holds the positions: only the first ra

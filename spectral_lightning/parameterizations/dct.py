@@ -19,6 +19,11 @@ Selections, and the rank they allow (rank W = rank X):
 Only the rows and columns that hold a selected position take part in the reconstruction: the bases are
 sliced to them once, so ``lowpass`` is two small matmuls with no scatter at all
 (:class:`~spectral_lightning.parameterizations.base.OrthonormalCoefficientLinear`).
+
+A ``lowpass`` or ``zigzag`` layer can also skip W altogether: y = x Wᵀ = DCT-III(DCT-II(x) Xᵀ), two fast
+transforms around a product with the coefficient block (or the zigzag's staircase of blocks), per token
+O(n log n + m log m) + ~K work instead of m·n (:mod:`~spectral_lightning.parameterizations.fast_dct`). The ``path``
+option chooses: ``auto`` (the default) takes whichever costs less for the shape and the token count of each call.
 """
 
 from __future__ import annotations
@@ -31,12 +36,26 @@ import torch
 from torch import Tensor
 
 from spectral_lightning.errors import ConfigError
+from spectral_lightning.parameterizations.adaptive import Budget, Grow, SupportSchedule, check_support_options
 from spectral_lightning.parameterizations.base import OrthonormalCoefficientLinear, Parameterization
+from spectral_lightning.parameterizations.fast_dct import (
+    autocast_off,
+    choose_transform,
+    even_odd_order,
+    spectral_product,
+    staircase,
+    staircase_heights,
+    twiddles,
+)
 from spectral_lightning.parameterizations.options import check_compression, check_int, check_std, coefficient_budget
 from spectral_lightning.parameterizations.registry import register
 
 Selection = Literal["lowpass", "zigzag", "random"]
 SELECTIONS: tuple[str, ...] = ("lowpass", "zigzag", "random")
+ExecutionPath = Literal["auto", "materialize", "transform"]
+PATHS: tuple[str, ...] = ("auto", "materialize", "transform")
+#: Selections whose coefficients form a block or a staircase of blocks: the ones the transform path computes.
+TRANSFORM_SELECTIONS: tuple[str, ...] = ("lowpass", "zigzag")
 
 
 def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
@@ -109,7 +128,14 @@ class DCTLinear(OrthonormalCoefficientLinear):
         selection: ``lowpass``, ``zigzag`` or ``random``.
         seed: seed of the ``random`` selection.
         init_std: per-entry standard deviation of the initial W (matches the dense init).
+        support: None for a fixed support; a schedule makes ``selection`` the starting support only.
+        path: how the forward pass runs: ``materialize`` (rebuild W, then ``F.linear``), ``transform`` (never form
+            W: :func:`~spectral_lightning.parameterizations.fast_dct.spectral_product`; ``lowpass`` and
+            ``zigzag`` with a fixed support only) or ``auto`` (the cheaper one per call, from the shapes, the token
+            count and the device; a layer whose support moves always materializes). Not saved in the state_dict.
     """
+
+    _basis_buffers = (*OrthonormalCoefficientLinear._basis_buffers, "twiddle_in", "twiddle_out")
 
     def __init__(
         self,
@@ -120,10 +146,84 @@ class DCTLinear(OrthonormalCoefficientLinear):
         selection: str = "lowpass",
         seed: int = 0,
         init_std: float = 0.02,
+        support: SupportSchedule | None = None,
+        path: str = "auto",
     ) -> None:
         self.selection = selection
         positions = select_positions(out_features, in_features, k, selection, seed)
-        super().__init__(in_features, out_features, bias, positions, seed, init_std)
+        super().__init__(in_features, out_features, bias, positions, seed, init_std, support)
+        if path not in PATHS:
+            raise ConfigError(f"path={path!r} is not valid: expected one of {', '.join(PATHS)}")
+        self.path = path
+        # The column strips of the ra×cb corner that hold the coefficients (one for a block), or None when the
+        # transform path does not apply: a random support, or one that moves (its strips would go stale).
+        self._strips: tuple[tuple[int, int, int], ...] | None = None
+        if not getattr(self, "support_moves", False):
+            if self.block:
+                self._strips = ((self.ra, 0, self.cb),)
+            elif selection == "zigzag":
+                heights = staircase_heights(self._positions // self.cb, self._positions % self.cb, self.cb)
+                self._strips = None if heights is None else staircase(heights)
+        if path == "transform" and self._strips is None:
+            raise ConfigError(
+                f"path='transform' needs a fixed lowpass or zigzag support, not selection={selection!r}"
+                f"{' with a moving support' if getattr(self, 'support_moves', False) else ''}: expected selection in "
+                f"{', '.join(TRANSFORM_SELECTIONS)} with update_every=None, or path='auto' / 'materialize'"
+            )
+
+    def _build_buffers(self, device: torch.device | None = None) -> None:
+        super()._build_buffers(device)
+        self._build_transform_buffers(torch.float32, device)
+
+    def _build_transform_buffers(self, dtype: torch.dtype, device: torch.device | None) -> None:
+        # The transform path's reorderings and twiddle factors (O(m + n) values; derived, never saved).
+        m, n = self.out_features, self.in_features
+        self.register_buffer("order_in", even_odd_order(n, device), persistent=False)
+        self.register_buffer("order_out", even_odd_order(m, device), persistent=False)
+        self.register_buffer("twiddle_in", twiddles(n, dtype, device), persistent=False)
+        self.register_buffer("twiddle_out", twiddles(m, dtype, device), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module signature)
+        super()._apply(fn, recurse)
+        if self.basis_in.dtype == torch.float64:
+            # After .double(): bases and twiddles recomputed in float64, so float64 checks of either path see the
+            # exact DCT (float32 values cast up are orthonormal only to ~1e-7).
+            device = self.basis_in.device
+            self.basis_out = self.basis("out", torch.float64, device)[: self.ra]
+            self.basis_in = self.basis("in", torch.float64, device)[: self.cb]
+            self._build_transform_buffers(torch.float64, device)
+        return self
+
+    def uses_transform(self, x: Tensor) -> bool:
+        """Whether this call with input ``x`` skips W (see ``path``)."""
+        if self._strips is None or self.path == "materialize" or getattr(self, "support_moves", False):
+            return False
+        if self.path == "transform":
+            return True
+        tokens = x.numel() // self.in_features
+        m, n = self.out_features, self.in_features
+        return choose_transform(m, n, self.ra, self.cb, self._strips, tokens, x.device, self.basis_in.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.uses_transform(x):
+            return super().forward(x)
+        # As the rebuilt W: float32 (float64 after .double()) with autocast off; the output has the dtype
+        # F.linear would give (autocast's under autocast).
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        out_dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+        with autocast_off(device_type):
+            coef = self.coefficient_matrix()  # (ra, cb), zeros where nothing is stored
+            bias = None if self.bias is None else self.bias.to(coef.dtype)
+            buffers = (self.order_in, self.order_out, self.twiddle_in, self.twiddle_out)
+            y = spectral_product(x.to(coef.dtype), coef, bias, self._strips, self.out_features, buffers)  # (..., m)
+        return y.to(out_dtype)
+
+    def batch_key(self) -> tuple | None:
+        # A layer forced onto the transform path never needs its W in training: leave it out of batched rebuilds.
+        if self.path == "transform" and self._strips is not None and not getattr(self, "support_moves", False):
+            return None
+        return super().batch_key()
 
     def basis(self, side: str, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
         return dct_matrix(self.out_features if side == "out" else self.in_features, dtype, device)
@@ -132,8 +232,10 @@ class DCTLinear(OrthonormalCoefficientLinear):
         return f"dct {self.selection}" + (f" seed={self.seed}" if self.selection == "random" else "")
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, selection={self.selection}" + (
-            f", seed={self.seed}" if self.selection == "random" else ""
+        return (
+            f"{super().extra_repr()}, selection={self.selection}"
+            + (f", seed={self.seed}" if self.selection == "random" else "")
+            + (f", path={self.path}" if self.path != "auto" else "")
         )
 
 
@@ -149,6 +251,20 @@ class DCT(Parameterization):
             (first K in JPEG zigzag order) or ``random`` (K seeded random positions).
         seed: seed of the ``random`` selection (any integer ≥ 0).
         init_std: per-entry std of the initial W (> 0), matched to the dense init.
+        update_every: None (default): the support is fixed. An integer ≥ 1: the K positions move every
+            ``update_every`` steps (drop the smallest |x|, grow where the gradient is largest; RigL-style, see
+            ``parameterizations/adaptive.py``); ``selection`` is then only the start, and ``random`` is the
+            recommended one (a low-pass start has to travel far from its corner).
+        update_until: fraction of training in (0, 1] after which the support stays fixed.
+        drop_fraction: share of K in (0, 1] replaced at the first update, decayed with a cosine to 0 at
+            ``update_until``.
+        grow: where new coefficients go: ``gradient`` (largest |gradient|) or ``random`` (seeded).
+        budget: ``per_layer`` (each layer keeps its K) or ``global`` (the total K is fixed and moves between
+            layers).
+        path: how each layer's forward pass runs: ``auto`` (the cheaper of the two below per call, from the
+            shapes, the token count and the device), ``materialize`` (rebuild W, then one m×n product per token)
+            or ``transform`` (never form W: DCT-II of x, a product with the coefficient block, inverse DCT; for the
+            ``lowpass`` and ``zigzag`` selections with a fixed support). Same function either way.
     """
 
     def __init__(
@@ -158,6 +274,12 @@ class DCT(Parameterization):
         selection: Selection = "lowpass",
         seed: int = 0,
         init_std: float = 0.02,
+        update_every: int | None = None,
+        update_until: float = 0.75,
+        drop_fraction: float = 0.3,
+        grow: Grow = "gradient",
+        budget: Budget = "per_layer",
+        path: ExecutionPath = "auto",
     ) -> None:
         self.compression = check_compression(compression)
         self.k = None if k is None else check_int("k", k, 1)
@@ -166,6 +288,17 @@ class DCT(Parameterization):
         self.selection = selection
         self.seed = check_int("seed", seed, 0)
         self.init_std = check_std(init_std)
+        self.update_every, self.update_until, self.drop_fraction, self.grow, self.budget = check_support_options(
+            update_every, update_until, drop_fraction, grow, budget
+        )
+        if path not in PATHS:
+            raise ConfigError(f"path={path!r} is not valid: expected one of {', '.join(PATHS)}")
+        if path == "transform" and selection not in TRANSFORM_SELECTIONS:
+            raise ConfigError(
+                f"path='transform' is not valid with selection={selection!r}: the transform path needs a block or "
+                f"staircase support, selection in {', '.join(TRANSFORM_SELECTIONS)} (or path='auto' / 'materialize')"
+            )
+        self.path = path
 
     def num_coefficients(self, in_features: int, out_features: int) -> int:
         """K requested for an (out_features × in_features) weight."""
@@ -173,4 +306,7 @@ class DCT(Parameterization):
 
     def build(self, in_features: int, out_features: int, bias: bool = True) -> DCTLinear:
         k = self.num_coefficients(in_features, out_features)
-        return DCTLinear(in_features, out_features, bias, k, self.selection, self.seed, self.init_std)
+        support = SupportSchedule.of(self)
+        return DCTLinear(
+            in_features, out_features, bias, k, self.selection, self.seed, self.init_std, support, path=self.path
+        )

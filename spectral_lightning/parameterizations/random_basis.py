@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from spectral_lightning.parameterizations.adaptive import Budget, Grow, SupportSchedule, check_support_options
 from spectral_lightning.parameterizations.base import OrthonormalCoefficientLinear, Parameterization
 from spectral_lightning.parameterizations.dct import select_positions
 from spectral_lightning.parameterizations.options import check_compression, check_int, check_std, coefficient_budget
@@ -71,6 +72,7 @@ class RandomBasisLinear(OrthonormalCoefficientLinear):
         k: number of coefficients (exact; random positions).
         seed: seed of the bases and of the positions.
         init_std: per-entry standard deviation of the initial W (matches the dense init).
+        support: None for a fixed support; a schedule makes the random positions the starting support only.
     """
 
     def __init__(
@@ -81,9 +83,10 @@ class RandomBasisLinear(OrthonormalCoefficientLinear):
         k: int = 1,
         seed: int = 0,
         init_std: float = 0.02,
+        support: SupportSchedule | None = None,
     ) -> None:
         positions = select_positions(out_features, in_features, k, "random", seed)
-        super().__init__(in_features, out_features, bias, positions, seed, init_std)
+        super().__init__(in_features, out_features, bias, positions, seed, init_std, support)
 
     def basis(self, side: str, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
         """Q_m (``side="out"``) or Q_n (``"in"``); the seed of each also depends on (m, n) and the side."""
@@ -108,6 +111,15 @@ class RandomBasis(Parameterization):
         seed: seed of the random bases and positions (any integer ≥ 0); the same seed and shape give the
             same layer, so checkpoints reload and DDP ranks agree.
         init_std: per-entry std of the initial W (> 0), matched to the dense init.
+        update_every: None (default): the support is fixed. An integer ≥ 1: the K positions move every
+            ``update_every`` steps, starting from the seeded random ones (RigL-style, see
+            ``parameterizations/adaptive.py``).
+        update_until: fraction of training in (0, 1] after which the support stays fixed.
+        drop_fraction: share of K in (0, 1] replaced at the first update, decayed with a cosine to 0 at
+            ``update_until``.
+        grow: where new coefficients go: ``gradient`` (largest |gradient|) or ``random`` (seeded).
+        budget: ``per_layer`` (each layer keeps its K) or ``global`` (the total K is fixed and moves between
+            layers).
     """
 
     def __init__(
@@ -116,11 +128,19 @@ class RandomBasis(Parameterization):
         k: int | None = None,
         seed: int = 0,
         init_std: float = 0.02,
+        update_every: int | None = None,
+        update_until: float = 0.75,
+        drop_fraction: float = 0.3,
+        grow: Grow = "gradient",
+        budget: Budget = "per_layer",
     ) -> None:
         self.compression = check_compression(compression)
         self.k = None if k is None else check_int("k", k, 1)
         self.seed = check_int("seed", seed, 0)
         self.init_std = check_std(init_std)
+        self.update_every, self.update_until, self.drop_fraction, self.grow, self.budget = check_support_options(
+            update_every, update_until, drop_fraction, grow, budget
+        )
 
     def num_coefficients(self, in_features: int, out_features: int) -> int:
         """K used for an (out_features × in_features) weight."""
@@ -128,4 +148,5 @@ class RandomBasis(Parameterization):
 
     def build(self, in_features: int, out_features: int, bias: bool = True) -> RandomBasisLinear:
         k = self.num_coefficients(in_features, out_features)
-        return RandomBasisLinear(in_features, out_features, bias, k, self.seed, self.init_std)
+        support = SupportSchedule.of(self)
+        return RandomBasisLinear(in_features, out_features, bias, k, self.seed, self.init_std, support)

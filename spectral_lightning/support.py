@@ -1,0 +1,161 @@
+"""The Lightning side of moving supports: :class:`AdaptiveSupport` decides when the supports of a model's adaptive
+layers move and applies the update (:func:`~spectral_lightning.parameterizations.adaptive.update_supports`).
+
+``SpectralLM.configure_callbacks`` adds it whenever the parameterization has ``update_every`` set, so a config only
+sets the parameterization's options. On an update step it arms the layers' gradient probes before the forward pass
+(``on_train_batch_start``) and updates the supports right after that step's ``optimizer.step()`` (an optimizer
+post-step hook, so the update is part of the step whatever the order of the other callbacks: a checkpoint written at
+the end of the step, by ``ModelCheckpoint`` or on SIGTERM, already holds the new supports). It logs
+``support/changed`` (share of positions changed, all adaptive layers together) and under a global budget
+``support/k/<layer>`` (each layer's K) at every update.
+
+The schedule is a function of ``trainer.global_step`` and the run's length (``trainer.max_steps``, else
+``estimated_stepping_batches``), and the supports are model state: the callback saves nothing, and a resumed run
+updates exactly where an uninterrupted one does. With gradient accumulation Ĝ adds up over the step's
+micro-batches. Under DDP Ĝ is averaged over the ranks before the decision, so every rank holds the same supports; a
+global budget (which resizes the coefficient Parameters) then wraps the model in a new DDP after each update, since
+DDP's gradient buckets are sized once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from torch.utils.hooks import RemovableHandle
+
+from spectral_lightning.errors import ConfigError
+from spectral_lightning.parameterizations.adaptive import MovingSupport, SupportUpdate, moving_layers, update_supports
+
+
+def has_moving_supports(model: torch.nn.Module) -> bool:
+    """Whether any layer of ``model`` has a support that moves during training."""
+    return bool(moving_layers(model))
+
+
+def total_steps(trainer: L.Trainer) -> int:
+    """The run's length in optimizer steps, as the LR schedule counts it (``max_steps``, else the estimate)."""
+    total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+    if not math.isfinite(total):
+        raise ConfigError(
+            "trainer.max_steps=-1 with trainer.max_epochs=-1 gives no length for the support schedule "
+            "(update_every): set trainer.max_steps (or max_epochs)"
+        )
+    return int(total)
+
+
+class AdaptiveSupport(L.Callback):
+    """Moves the supports of the model's adaptive layers during training (see the module docstring).
+
+    Added by ``SpectralLM.configure_callbacks`` when the parameterization sets ``update_every``; it has no options
+    (they are the parameterization's) and no state of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._armed_step: int | None = None
+        self._hooks: list[RemovableHandle] = []
+        self._trainer: L.Trainer | None = None
+        self._pending: SupportUpdate | None = None
+        self.last_update: SupportUpdate | None = None  # the most recent update (for tests and dashboards)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not has_moving_supports(pl_module):
+            return
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise ConfigError(
+                f"supports that move (update_every) need one device or DDP; trainer.strategy is "
+                f"{type(trainer.strategy).__name__}: use ddp, or set update_every to null"
+            )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if has_moving_supports(pl_module):
+            total_steps(trainer)  # fail at the start, not at the first update
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        layers = moving_layers(pl_module)
+        step = trainer.global_step
+        if not layers or self._armed_step == step:
+            return  # nothing moves, or a later micro-batch of an armed step: Ĝ keeps adding up
+        self._disarm(layers)
+        schedule = layers[0].support
+        if schedule is None or not schedule.is_update_step(step, total_steps(trainer)):
+            return
+        for layer in layers:
+            layer.arm_gradient_probe()
+        self._armed_step, self._trainer = step, trainer
+        params = {id(layer.coef) for layer in layers}
+        for optimizer in trainer.optimizers:
+            if any(id(p) in params for group in optimizer.param_groups for p in group["params"]):
+                self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        trainer, step = self._trainer, self._armed_step
+        assert trainer is not None and step is not None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        layers = moving_layers(trainer.lightning_module)
+        reduce = None
+        if trainer.world_size > 1:
+            reduce = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
+        update = update_supports(layers, step, total_steps(trainer), trainer.optimizers, reduce)
+        self._pending = self.last_update = update
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        update, self._pending = self._pending, None
+        if update is None:
+            return
+        layers = moving_layers(pl_module)
+        if layers[0].support.budget == "global" and isinstance(trainer.strategy, DDPStrategy):
+            _rewrap_ddp(trainer.strategy)
+        if not trainer.is_global_zero or not trainer.loggers:
+            return
+        metrics = {"support/changed": update.changed}
+        if layers[0].support.budget == "global":
+            names = _layer_names(pl_module, layers)
+            metrics.update({f"support/k/{name}": float(k) for name, k in zip(names, update.k, strict=True)})
+        step = int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._disarm(moving_layers(pl_module))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._disarm(moving_layers(pl_module))
+
+    def _disarm(self, layers: list[MovingSupport]) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._armed_step = [], None
+        for layer in layers:
+            layer.disarm_gradient_probe()
+
+
+def _layer_names(pl_module: L.LightningModule, layers: list[MovingSupport]) -> list[str]:
+    """Module names of ``layers`` relative to the module's model (``blocks.0.attn.qkv``)."""
+    root = getattr(pl_module, "model", pl_module)
+    names = {id(m): name for name, m in root.named_modules()}
+    return [names.get(id(layer), str(i)) for i, layer in enumerate(layers)]
+
+
+def _rewrap_ddp(strategy: DDPStrategy) -> None:
+    """Wrap the module in a new DistributedDataParallel: DDP sizes its gradient buckets from the Parameters once, and
+    a global budget has just resized some of them. (Identical supports on every rank: the new wrapper's broadcast
+    of rank 0's state changes nothing.)"""
+    wrapped = strategy.model
+    if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        return
+    module = wrapped.module
+    strategy.model = None  # drop the old wrapper (and the autograd hooks of its reducer) before building the next
+    del wrapped
+    strategy.model = strategy._setup_model(module)
+    strategy._register_ddp_hooks()
