@@ -1,4 +1,4 @@
-"""Reproduce the paper's table and its compression sweep through the same ``cli.py`` users run.
+"""Reproduce the paper's table, its compression sweep and the experiments beside them through ``cli.py``.
 
 Every run is ``python cli.py fit --config configs/<name>.yaml <overrides>`` in a subprocess, with one shared
 budget (``--steps``) and seeds (``--seeds``); its TensorBoard logs and checkpoints land in
@@ -16,15 +16,25 @@ Groups:
 * ``baselines``: dense, DCT lowpass, DCT random, low-rank, Monarch, sparse + low-rank (SLTrain's W = B·A + S) and
   Kronecker at compressions 4 and 10 (``--baseline-compressions``), each layer storing about mn/c values. Runs
   that are also paper or sweep runs (dense, dct4x, the DCT random and low-rank points) are shared.
+* ``tuning``: dense and dct4x with model dropout 0, 0.1 and 0.2 (``dense_do0.1``, ``dct4x_do0.2``, ...); the
+  dropout-0 runs are the paper's ``dense`` and ``dct4x`` (shared/paper.yaml trains without dropout), shared.
+* ``adaptive``: at compressions 4, 10 and 20 (``--adaptive-compressions``), DCT with a fixed lowpass support (the
+  sweep's ``dct_lowpass_c<c>``, at c = 4 the paper's dct4x), a fixed random one (``dct_random_c<c>``) and supports
+  that move from a random start, every layer keeping its K (``adaptive_c<c>``, configs/adaptive/dct4x.yaml) or
+  the layers sharing one total (``adaptive_global_c<c>``, configs/adaptive/dct4x-global.yaml), plus the paper's
+  dense as the reference. The fixed runs are shared with the sweep and paper groups.
 
 Outputs (each written through a temporary file and a rename):
 
 * ``<out>/runs.csv``: every finished run under ``<out>/runs`` (all budgets), one row per run and seed;
 * ``<out>/summary.md``: mean ± std over seeds per config at this ``--steps`` budget, beside the paper's numbers
   (and, once baselines runs exist, a baselines table: share of the dense model stored, val loss, bpb, stable
-  rank and training tokens/s relative to dense, per parameterization and compression);
+  rank and training tokens/s relative to dense, per parameterization and compression; once tuning runs exist, a
+  table of val loss per model and dropout with the best-tuned dense and dct4x compared; once adaptive runs exist,
+  a table of fixed against moving supports per compression, with the gap to the best-tuned dense, and the final K
+  of each layer under the global budget as a share of its starting K);
 * ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per parameterization
-  (needs matplotlib).
+  (the adaptive runs included, the dropout variants left out; needs matplotlib).
 
 The two summaries keep these names for the paper's budget (5,000 steps, 100 warm-up steps, no size overrides);
 any other budget writes ``summary-<tag>.md`` and ``.png`` (``<tag>`` as in the run folders, e.g.
@@ -40,6 +50,10 @@ Examples::
     python benchmarks/reproduce.py --groups sweep --compressions 10 20 --steps 5000 --seeds 0 1
     # the structured baselines at c = 4 and 10, two seeds
     python benchmarks/reproduce.py --groups baselines --steps 5000 --seeds 0 1 --device gpu --jobs 4
+    # dropout 0, 0.1, 0.2 for dense and dct4x, two seeds on the CPU
+    python benchmarks/reproduce.py --groups tuning --steps 5000 --seeds 0 1 --device cpu --jobs 2
+    # fixed against moving DCT supports at c = 4, 10, 20, two seeds on the CPU
+    python benchmarks/reproduce.py --groups adaptive --steps 5000 --seeds 0 1 --device cpu --jobs 2
 """
 
 from __future__ import annotations
@@ -120,6 +134,15 @@ BASELINE_PARAMETERIZATIONS: tuple[str, ...] = (
     "kronecker",
 )
 BASELINE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0)
+# The tuning group: the paper's dense and dct4x at each model dropout (dropout 0 is the paper run itself).
+TUNING_MODELS: tuple[str, ...] = ("dense", "dct4x")
+TUNING_DROPOUTS: tuple[float, ...] = (0.0, 0.1, 0.2)
+# The adaptive group: per support budget, (run-name prefix, plot/table label, config under configs/).
+ADAPTIVE_RUNS: dict[str, tuple[str, str, str]] = {
+    "per_layer": ("adaptive", "dct adaptive", "adaptive/dct4x.yaml"),
+    "global": ("adaptive_global", "dct adaptive global", "adaptive/dct4x-global.yaml"),
+}
+ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "run",
@@ -194,23 +217,63 @@ def baseline_spec(key: str, c: float) -> RunSpec:
     """The baselines run of parameterization ``key`` at compression ``c`` (a paper run where one is the same)."""
     shared = SHARED_WITH_PAPER.get((key, float(c)))
     if shared:
-        name, label, compression, description = next(r for r in PAPER_RUNS if r[0] == shared)
-        return RunSpec(name, label, f"{name}.yaml", (), compression, description)
+        return paper_spec(shared)
     return sweep_spec(key, float(c))
 
 
+def paper_spec(name: str) -> RunSpec:
+    """The paper run ``name`` (its config is ``configs/<name>.yaml``, unchanged)."""
+    _, label, c, description = next(r for r in PAPER_RUNS if r[0] == name)
+    return RunSpec(name, label, f"{name}.yaml", (), c, description)
+
+
+def tuning_spec(model: str, dropout: float) -> RunSpec:
+    """The tuning run of paper config ``model`` at model dropout ``dropout``: the paper run itself at dropout 0
+    (shared/paper.yaml trains without dropout), else ``<model>_do<dropout>``."""
+    paper = paper_spec(model)
+    if dropout == 0:
+        return paper
+    return RunSpec(
+        f"{model}_do{dropout:g}",
+        f"{paper.parameterization} (dropout {dropout:g})",  # its own label: the plot leaves these runs out
+        paper.config,
+        ("--model.dropout", f"{dropout:g}"),
+        paper.compression,
+        f"{paper.description}, dropout {dropout:g}",
+    )
+
+
+def adaptive_spec(budget: str, c: float) -> RunSpec:
+    """The run whose DCT supports move (from a random start, every 100 steps: the adaptive configs' defaults) at
+    compression ``c``, with ``budget`` ``per_layer`` (each layer keeps K = mn/c) or ``global`` (ΣK fixed)."""
+    prefix, label, config = ADAPTIVE_RUNS[budget]
+    what = "each layer keeps K = mn/" if budget == "per_layer" else "one total ΣK = Σmn/"
+    return RunSpec(
+        f"{prefix}_c{c:g}",
+        label,
+        config,
+        ("--model.parameterization.init_args.compression", f"{c:g}"),
+        c,
+        f"DCT, moving support ({what}{c:g})",
+    )
+
+
 def build_grid(
-    groups: Sequence[str], compressions: Sequence[float], baseline_compressions: Sequence[float] = BASELINE_COMPRESSIONS
+    groups: Sequence[str],
+    compressions: Sequence[float],
+    baseline_compressions: Sequence[float] = BASELINE_COMPRESSIONS,
+    adaptive_compressions: Sequence[float] = ADAPTIVE_COMPRESSIONS,
 ) -> list[RunSpec]:
-    """The runs of ``groups`` (``paper``, ``sweep``, ``baselines``), each once, in a stable order; ``compressions``
-    are the sweep's, ``baseline_compressions`` the baselines'."""
+    """The runs of ``groups`` (``paper``, ``sweep``, ``baselines``, ``tuning``, ``adaptive``), each once, in a stable
+    order; ``compressions`` are the sweep's, ``baseline_compressions`` the baselines', ``adaptive_compressions``
+    the adaptive group's."""
     runs: dict[str, RunSpec] = {}
 
     def add(spec: RunSpec, group: str) -> None:
         old = runs.get(spec.name)
         runs[spec.name] = replace(spec, groups=(old.groups if old else ()) + (group,))
 
-    paper = {name: RunSpec(name, label, f"{name}.yaml", (), c, desc) for name, label, c, desc in PAPER_RUNS}
+    paper = {name: paper_spec(name) for name, *_ in PAPER_RUNS}
     if "paper" in groups:
         for spec in paper.values():
             add(spec, "paper")
@@ -224,6 +287,17 @@ def build_grid(
         for c in baseline_compressions:
             for key in BASELINE_PARAMETERIZATIONS:
                 add(baseline_spec(key, c), "baselines")
+    if "tuning" in groups:
+        for model in TUNING_MODELS:
+            for dropout in TUNING_DROPOUTS:
+                add(tuning_spec(model, dropout), "tuning")
+    if "adaptive" in groups:
+        add(paper["dense"], "adaptive")
+        for c in adaptive_compressions:
+            add(baseline_spec("dct_lowpass", c), "adaptive")  # the paper's dct4x at c = 4
+            add(sweep_spec("dct_random", float(c)), "adaptive")
+            for budget in ADAPTIVE_RUNS:
+                add(adaptive_spec(budget, float(c)), "adaptive")
     return list(runs.values())
 
 
@@ -377,6 +451,33 @@ def stable_ranks(checkpoint: Path) -> tuple[int, int, float]:
     return totals.stored, totals.dense, statistics.fmean(ranks)
 
 
+SUPPORT_K = "support/k/"  # the prefix of the per-layer K a global-budget run logs at each support update
+
+
+def final_support_k(scalars: dict[str, list[tuple[float, int, float]]]) -> dict[str, int]:
+    """Each layer's K after the last support update of a global-budget run (its last ``support/k/<layer>``
+    scalar), by layer name; empty for a run that logged none (a fixed support, a per-layer budget, or no update
+    within the run)."""
+    return {
+        tag.removeprefix(SUPPORT_K): round(values[-1][2])
+        for tag, values in scalars.items()
+        if tag.startswith(SUPPORT_K) and values
+    }
+
+
+def starting_k(checkpoint: Path) -> dict[str, int]:
+    """Each parameterized linear's K at the start of training (what the parameterization gives its shape, e.g.
+    round(mn/c)), by layer name in model order, from a checkpoint."""
+    from spectral_lightning import SpectralLM
+
+    module = SpectralLM.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    linears = module.model.linears()
+    return {
+        name: module.parameterization.num_coefficients(linears[name].in_features, linears[name].out_features)
+        for name in module.model.parameterized
+    }
+
+
 def read_row(metrics: Path) -> dict:
     """A finished run's ``metrics.json`` (runs written before the column was renamed call it ``strategy``)."""
     row = json.loads(metrics.read_text())
@@ -393,7 +494,8 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
         raise RuntimeError(f"run {directory} logged no val/loss; see {directory / 'train.log'}")
     ppl = scalars.get("val/ppl", [])
     bpb = scalars.get("val/bpb", [])
-    stored, dense, rank = stable_ranks(directory / "checkpoints" / "last.ckpt")
+    checkpoint = directory / "checkpoints" / "last.ckpt"
+    stored, dense, rank = stable_ranks(checkpoint)
     config = (directory / "config.yaml").read_text()
     block = batch = None
     for line in config.splitlines():  # the saved config holds the effective data sizes
@@ -402,7 +504,7 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
             block = int(value)
         elif key == "batch_size" and batch is None:
             batch = int(value)
-    return {
+    row = {
         "run": spec.name,
         "parameterization": spec.parameterization,
         "config": spec.config,
@@ -426,6 +528,16 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
         "description": spec.description,
         "tag": budget.tag,
     }
+    # Runs whose supports move: the mean share of positions changed per update, and under a global budget each
+    # layer's [starting K, final K] (metrics.json only; a fixed-support run's row gains no key).
+    changed = scalars.get("support/changed", [])
+    if changed:
+        row["mean_support_changed"] = round(statistics.fmean(v for _, _, v in changed), 4)
+    final = final_support_k(scalars)
+    if final:
+        start = starting_k(checkpoint)
+        row["support_k"] = {name: [start[name], final[name]] for name in start if name in final}
+    return row
 
 
 def train(spec: RunSpec, seed: int, budget: Budget, out: Path, jobs: int = 1) -> tuple[str, dict | None]:
@@ -579,6 +691,8 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
             lines.append(f"| {st} | " + " | ".join(row) + " |")
         lines.append("")
     lines += baselines_markdown(runs, grid)
+    lines += tuning_markdown(runs, grid)
+    lines += adaptive_markdown(runs, grid)
     lines += [
         "Paper: v1 reports validation perplexity (dense 6.1; DCT 6.1 at 52% and 6.9 at 29% of the parameters; "
         "low-rank 8.8 at 21%); v2 reports validation loss (dense 1.580; DCT K = mn/2 1.604; rank-48 low-rank "
@@ -636,11 +750,181 @@ def baselines_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list
     return lines
 
 
+def tuned(runs: dict[str, list[dict]], model: str) -> tuple[float, list[dict]] | None:
+    """The best-tuned ``model`` (one of TUNING_MODELS): (dropout, rows) of the dropout whose finished runs have the
+    lowest mean best val loss (the lower dropout on a tie); None when none of its runs finished."""
+    cells = [(d, runs[tuning_spec(model, d).name]) for d in TUNING_DROPOUTS if tuning_spec(model, d).name in runs]
+    if not cells:
+        return None
+    return min(cells, key=lambda cell: statistics.fmean(r["best_val_loss"] for r in cell[1]))
+
+
+def tuning_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[str]:
+    """The tuning table (val loss per model and dropout) and the best-tuned models compared, or nothing when no
+    run that only the tuning group trains (dropout > 0) has finished."""
+    paper_names = {name for name, *_ in PAPER_RUNS}
+    if not any("tuning" in s.groups and s.name in runs and s.name not in paper_names for s in grid):
+        return []
+    lines = [
+        "## Tuning: model dropout",
+        "",
+        "The paper's dense and dct4x with model dropout 0 (the paper runs themselves), 0.1 and 0.2; val loss as "
+        "above, mean ± std over the n seeds.",
+        "",
+        "| model | dropout | final val loss | best val loss | n |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for model in TUNING_MODELS:
+        for dropout in TUNING_DROPOUTS:
+            rs = runs.get(tuning_spec(model, dropout).name, [])
+            if rs:
+                lines.append(
+                    f"| {model} | {dropout:g} | {mean_std([r['final_val_loss'] for r in rs])} "
+                    f"| {mean_std([r['best_val_loss'] for r in rs])} | {len(rs)} |"
+                )
+    lines.append("")
+    best: dict[str, tuple[float, float, float]] = {}  # model -> (dropout, mean best, mean final)
+    for model in TUNING_MODELS:
+        cell = tuned(runs, model)
+        if cell:
+            dropout, rs = cell
+            best[model] = (
+                dropout,
+                statistics.fmean(r["best_val_loss"] for r in rs),
+                statistics.fmean(r["final_val_loss"] for r in rs),
+            )
+    parts = [f"{m} at dropout {d:g} (best {b:.3f}, final {f:.3f})" for m, (d, b, f) in best.items()]
+    sentence = f"Best-tuned (lowest mean best val loss): {'; '.join(parts)}."
+    reference, compressed = TUNING_MODELS
+    if reference in best and compressed in best:
+        (_, b0, f0), (_, b1, f1) = best[reference], best[compressed]
+        sentence += (
+            f" Gap {compressed} − {reference}, best-tuned against best-tuned: {b1 - b0:+.3f} best vs best, "
+            f"{f1 - f0:+.3f} final vs final."
+        )
+    return [*lines, sentence, ""]
+
+
+ADAPTIVE_SELECTIONS: tuple[tuple[str, str, str], ...] = (
+    # (table label, how the spec is found: sweep key or support budget, kind)
+    ("fixed lowpass", "dct_lowpass", "fixed"),
+    ("fixed random", "dct_random", "fixed"),
+    ("adaptive, per layer", "per_layer", "adaptive"),
+    ("adaptive, global", "global", "adaptive"),
+)
+
+
+def adaptive_selection_spec(key: str, kind: str, c: float) -> RunSpec:
+    """The adaptive group's run of one row of ADAPTIVE_SELECTIONS at compression ``c``."""
+    return baseline_spec(key, c) if kind == "fixed" else adaptive_spec(key, c)
+
+
+def adaptive_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[str]:
+    """The adaptive table (fixed against moving supports per compression) and the final K per layer of the
+    global-budget runs, or nothing when no run whose support moves has finished.
+
+    The gap is the cell's mean best val loss minus the best-tuned dense's (the tuning group's runs) when dense
+    runs with dropout exist, else minus the paper dense run's; tokens/s are relative to the fixed random runs of
+    the same c (same K, same scattered positions, so the ratio is the cost of moving them)."""
+    labels = {label for _, label, _ in ADAPTIVE_RUNS.values()}
+    own = [s for s in grid if "adaptive" in s.groups and s.name in runs and s.parameterization in labels]
+    if not own:
+        return []
+    cs = sorted({s.compression for s in own})
+    tuning_ran = any(tuning_spec("dense", d).name in runs for d in TUNING_DROPOUTS if d)
+    if tuning_ran:
+        cell = tuned(runs, "dense")
+    else:
+        cell = (0.0, runs["dense"]) if "dense" in runs else None
+    if cell:
+        dropout, rs = cell
+        reference = statistics.fmean(r["best_val_loss"] for r in rs)
+        name = tuning_spec("dense", dropout).name
+        which = (
+            f"the best-tuned dense (`{name}`, dropout {dropout:g})"
+            if tuning_ran
+            else "the paper's dense run (dropout 0; no tuning run has finished)"
+        )
+        which += f", best val loss {reference:.3f}"
+    else:
+        reference, which = math.nan, "no dense run has finished: no gap"
+    lines = [
+        "## Adaptive frequency support",
+        "",
+        "DCT with K = mn/c coefficients per layer at fixed positions (lowpass block, random) or moving ones (random "
+        "start, drop the smallest and grow where the gradient is largest every 100 steps until 75% of training; "
+        "per layer: each layer keeps its K; global: the layers share one total). Val loss and stable rank as above, "
+        f"mean ± std over the n seeds; gap: mean best val loss minus that of {which}; × random: tokens/s over the "
+        "fixed random runs' of the same c; changed: mean share of positions changed per support update.",
+        "",
+        "| selection | c | % of dense | best val loss | final val loss | gap | stable rank | tokens/s | × random "
+        "| changed | n |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    cells = [("dense", None, runs.get("dense", []))] + [
+        (label, c, runs.get(adaptive_selection_spec(key, kind, c).name, []))
+        for c in cs
+        for label, key, kind in ADAPTIVE_SELECTIONS
+    ]
+    for label, c, rs in cells:
+        if not rs:
+            continue
+        best = statistics.fmean(r["best_val_loss"] for r in rs)
+        gap = best - reference
+        tps = [r["tokens_per_s"] for r in rs if math.isfinite(r["tokens_per_s"])]
+        speed = statistics.fmean(tps) if tps else math.nan
+        random = runs.get(sweep_spec("dct_random", c).name, []) if c is not None else []
+        random_tps = [r["tokens_per_s"] for r in random if math.isfinite(r["tokens_per_s"])]
+        ratio = speed / statistics.fmean(random_tps) if random_tps and math.isfinite(speed) else math.nan
+        changed = [r["mean_support_changed"] for r in rs if r.get("mean_support_changed") is not None]
+        lines.append(
+            f"| {label} | {'–' if c is None else f'{c:g}'} | {rs[0]['pct_of_dense']:.1f}% "
+            f"| {mean_std([r['best_val_loss'] for r in rs])} | {mean_std([r['final_val_loss'] for r in rs])} "
+            f"| {'–' if math.isnan(gap) else f'{gap:+.3f}'} | {mean_std([r['mean_stable_rank'] for r in rs], 1)} "
+            f"| {'–' if not tps else f'{speed:,.0f}'} | {'–' if math.isnan(ratio) else f'{ratio:.2f}×'} "
+            f"| {mean_std(changed)} | {len(rs)} |"
+        )
+    lines.append("")
+    return lines + support_k_markdown(runs, cs)
+
+
+def support_k_markdown(runs: dict[str, list[dict]], cs: Sequence[float]) -> list[str]:
+    """Under the global budget, each layer's final K as a share of its starting K, one column per compression
+    (mean over the seeds whose metrics hold ``support_k``); nothing when no global-budget run has finished."""
+    finished = [(c, runs.get(adaptive_spec("global", c).name, [])) for c in cs]
+    if not any(rs for _, rs in finished):
+        return []
+    columns = [(c, [r for r in rs if r.get("support_k")]) for c, rs in finished]
+    columns = [(c, rs) for c, rs in columns if rs]
+    if not columns:
+        return ["Final K per layer (global budget): the global-budget runs logged no support update.", ""]
+    layers = list(dict.fromkeys(layer for _, rs in columns for r in rs for layer in r["support_k"]))
+    lines = [
+        "Final K per layer (global budget), as a share of the layer's starting K (mn/c), mean over the n seeds: "
+        "above 100% the layer took coefficients from the others, below it gave them up.",
+        "",
+        "| layer | " + " | ".join(f"c = {c:g} (n = {len(rs)})" for c, rs in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for layer in layers:
+        row = []
+        for _, rs in columns:
+            shares = [r["support_k"][layer][1] / r["support_k"][layer][0] for r in rs if layer in r["support_k"]]
+            row.append(f"{100 * statistics.fmean(shares):.0f}%" if shares else "–")
+        lines.append(f"| {layer} | " + " | ".join(row) + " |")
+    lines.append("")
+    return lines
+
+
 def plot_points(rows: list[dict]) -> dict[str, list[tuple[float, float, float]]]:
     """The plot's lines: per parameterization label, (% of dense, mean, std of final val loss over seeds) per run,
-    by increasing share."""
+    by increasing share. The tuning group's dropout variants are left out: the plot compares parameterizations at
+    the paper's settings (the Tuning table holds them)."""
+    variants = {tuning_spec(m, d).parameterization for m in TUNING_MODELS for d in TUNING_DROPOUTS if d}
     points: dict[str, dict[float, list[float]]] = {}
     for run in by_run(rows).values():
+        if run[0]["parameterization"] in variants:
+            continue
         points.setdefault(run[0]["parameterization"], {})[run[0]["pct_of_dense"]] = [r["final_val_loss"] for r in run]
     return {
         label: [
@@ -667,7 +951,8 @@ def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
         if parameterization == "dense":
             ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label="dense (100%)")
             continue
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=parameterization)
+        moving = parameterization in {label for _, label, _ in ADAPTIVE_RUNS.values()}
+        ax.errorbar(xs, ys, yerr=err, marker="s" if moving else "o", capsize=3, label=parameterization)
     ax.set_xlabel("stored parameters (% of dense model)")
     ax.set_ylabel("final validation loss (nats/char)")
     ax.set_title(f"Compression vs. loss ({budget.steps} steps per run)")
@@ -697,7 +982,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="learning-rate warm-up steps (default: the configs' 100, capped at steps/10 for short budgets)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (seed_everything and data.seed)")
-    parser.add_argument("--groups", nargs="+", choices=("paper", "sweep", "baselines"), default=["paper", "sweep"])
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        choices=("paper", "sweep", "baselines", "tuning", "adaptive"),
+        default=["paper", "sweep"],
+    )
     parser.add_argument(
         "--compressions", type=float, nargs="+", default=list(DEFAULT_COMPRESSIONS), help="sweep's c in K = mn/c"
     )
@@ -707,6 +997,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=list(BASELINE_COMPRESSIONS),
         help="the baselines group's compressions (default 4 10)",
+    )
+    parser.add_argument(
+        "--adaptive-compressions",
+        type=float,
+        nargs="+",
+        default=list(ADAPTIVE_COMPRESSIONS),
+        help="the adaptive group's compressions (default 4 10 20)",
     )
     parser.add_argument("--only", nargs="+", default=None, help="train only these run names (e.g. dense dct4x)")
     parser.add_argument("--device", default="auto", help="trainer.accelerator: auto, cpu, gpu (default auto)")
@@ -735,6 +1032,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--compressions={args.compressions} is not valid: expected numbers >= 1")
     if any(not math.isfinite(c) or c < 1 for c in args.baseline_compressions):
         parser.error(f"--baseline-compressions={args.baseline_compressions} is not valid: expected numbers >= 1")
+    if any(not math.isfinite(c) or c < 1 for c in args.adaptive_compressions):
+        parser.error(f"--adaptive-compressions={args.adaptive_compressions} is not valid: expected numbers >= 1")
     return args
 
 
@@ -745,7 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra += ["--data.path", str(Path(args.data_path).resolve())]
     warmup = min(100, args.steps // 10) if args.warmup is None else args.warmup
     budget = Budget(args.steps, args.device, tuple(extra), warmup)
-    grid = build_grid(args.groups, args.compressions, args.baseline_compressions)
+    grid = build_grid(args.groups, args.compressions, args.baseline_compressions, args.adaptive_compressions)
     if args.only:
         unknown = sorted(set(args.only) - {s.name for s in grid})
         if unknown:
@@ -806,7 +1105,7 @@ def write_reports(out: Path, budget: Budget, seeds: Sequence[int], command: str)
         raise SystemExit(f"error: no finished run of budget {budget.tag} and seeds {list(seeds)} under {out / 'runs'}")
     write_csv(out / "runs.csv", rows)
     md, png = (out / f"{summary_stem(budget)}{ext}" for ext in (".md", ".png"))
-    grid = build_grid(("paper", "sweep", "baselines"), _cs(rows), _cs(rows))
+    grid = build_grid(("paper", "sweep", "baselines", "tuning", "adaptive"), _cs(rows), _cs(rows), _cs(rows))
     atomic_write_text(md, summary_markdown(current, grid, budget, command))
     summary_plot(png, current, budget)
     print(f"wrote {out / 'runs.csv'}, {md}, {png}")

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO, make_text
 
 from spectral_lightning import DCT, Dense
+from spectral_lightning.cli import cli_main
 from spectral_lightning.model import GPT, GPTConfig
 from spectral_lightning.parameterizations import find_class, resolve
 
@@ -161,13 +163,222 @@ def test_summary_baselines_table_relative_throughput_and_plot_lines():
     points = reproduce.plot_points(rows)
     assert set(points) == {"dense", "monarch", "sparse_lowrank", "lowrank"}
     assert points["monarch"] == [(28.3, pytest.approx(2.1), pytest.approx(math.sqrt(0.02)))]
-    # Without a run that only the baselines group trains, the report is what it was before the group existed.
+    # Without a run that only the baselines, tuning or adaptive group trains, the report is what it was before
+    # those groups existed (the report's grid holds every group).
     others = [r for r in rows if r["run"] in ("dense", "lowrank_c10")]
+    others += [synthetic("dct_random_c4", 0, 2.1, 900.0, 28.3), synthetic("dct4x", 0, 1.9, 900.0, 28.3)]
     old_grid = reproduce.build_grid(["paper", "sweep"], [4, 10])
-    assert "Baselines" not in reproduce.summary_markdown(others, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
-    assert reproduce.summary_markdown(others, grid, reproduce.Budget(5000, "cpu", ()), "cmd") == (
-        reproduce.summary_markdown(others, old_grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    every = reproduce.build_grid(["paper", "sweep", "baselines", "tuning", "adaptive"], [4, 10], [4, 10], [4, 10])
+    new = reproduce.summary_markdown(others, every, reproduce.Budget(5000, "cpu", ()), "cmd")
+    for title in ("Baselines", "Tuning", "Adaptive", "Final K"):
+        assert title not in new
+    assert new == reproduce.summary_markdown(others, old_grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+
+
+def print_config(spec, text_file: Path, capsys: pytest.CaptureFixture[str]) -> dict:  # noqa: ANN001
+    """The effective config of a grid run: its config file and overrides through cli.py's --print_config."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", str(REPO / "configs" / spec.config), *spec.overrides, "--data.path",
+                  str(text_file), "--print_config"])  # fmt: skip
+    assert exit_.value.code in (None, 0)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_tuning_grid_reuses_the_paper_runs_at_dropout_0(text_file: Path, capsys: pytest.CaptureFixture[str]):
+    grid = reproduce.build_grid(["tuning"], [2, 4, 10, 20])
+    assert [(s.name, s.config, s.overrides) for s in grid] == [
+        ("dense", "dense.yaml", ()),
+        ("dense_do0.1", "dense.yaml", ("--model.dropout", "0.1")),
+        ("dense_do0.2", "dense.yaml", ("--model.dropout", "0.2")),
+        ("dct4x", "dct4x.yaml", ()),
+        ("dct4x_do0.1", "dct4x.yaml", ("--model.dropout", "0.1")),
+        ("dct4x_do0.2", "dct4x.yaml", ("--model.dropout", "0.2")),
+    ]
+    by_name = {s.name: s for s in grid}
+    assert by_name["dct4x_do0.2"].compression == 4.0 and by_name["dense_do0.1"].compression is None
+    # The dropout-0 runs are the paper runs: the same spec (same run folder), trained once for both groups ...
+    paper = {s.name: s for s in reproduce.build_grid(["paper"], [])}
+    assert by_name["dense"] == paper["dense"] and by_name["dct4x"] == paper["dct4x"]
+    everything = {s.name: s for s in reproduce.build_grid(["paper", "tuning"], [])}
+    assert len(everything) == 5 + 4
+    assert everything["dct4x"].groups == ("paper", "tuning") and everything["dct4x_do0.1"].groups == ("tuning",)
+    # ... which holds because the paper's budget trains without dropout; the override reaches the model.
+    assert print_config(by_name["dct4x"], text_file, capsys)["model"]["dropout"] == 0.0
+    printed = print_config(by_name["dct4x_do0.2"], text_file, capsys)
+    assert printed["model"]["dropout"] == 0.2
+    assert printed["model"]["parameterization"]["init_args"]["selection"] == "lowpass"
+
+
+ADAPTIVE_RUNS = [
+    # (run name, config, compression): per c the fixed lowpass, fixed random and the two moving supports
+    ("dense", "dense.yaml", None),
+    ("dct4x", "dct4x.yaml", 4.0),  # the fixed lowpass support at c = 4 is the paper's dct4x
+    ("dct_random_c4", "dct4x.yaml", 4.0),
+    ("adaptive_c4", "adaptive/dct4x.yaml", 4.0),
+    ("adaptive_global_c4", "adaptive/dct4x-global.yaml", 4.0),
+    ("dct_lowpass_c10", "dct4x.yaml", 10.0),
+    ("dct_random_c10", "dct4x.yaml", 10.0),
+    ("adaptive_c10", "adaptive/dct4x.yaml", 10.0),
+    ("adaptive_global_c10", "adaptive/dct4x-global.yaml", 10.0),
+    ("dct_lowpass_c20", "dct4x.yaml", 20.0),
+    ("dct_random_c20", "dct4x.yaml", 20.0),
+    ("adaptive_c20", "adaptive/dct4x.yaml", 20.0),
+    ("adaptive_global_c20", "adaptive/dct4x-global.yaml", 20.0),
+]
+
+
+def test_adaptive_grid_shares_the_fixed_supports(text_file: Path, capsys: pytest.CaptureFixture[str]):
+    grid = reproduce.build_grid(["adaptive"], [2, 4, 10, 20])  # the sweep's compressions do not apply
+    assert [(s.name, s.config, s.compression) for s in grid] == ADAPTIVE_RUNS
+    by_name = {s.name: s for s in grid}
+    assert by_name["dct_random_c10"] == reproduce.sweep_spec("dct_random", 10)
+    assert by_name["dct_lowpass_c20"] == reproduce.sweep_spec("dct_lowpass", 20)
+    assert by_name["adaptive_global_c10"].overrides == ("--model.parameterization.init_args.compression", "10")
+    assert {by_name[n].parameterization for n in ("adaptive_c4", "adaptive_global_c4")} == {
+        "dct adaptive", "dct adaptive global"
+    }  # fmt: skip
+    everything = {s.name: s for s in reproduce.build_grid(["paper", "sweep", "adaptive"], [2, 4, 10, 20])}
+    assert len(everything) == 5 + 4 * 5 - 2 + 3 * 2  # paper + sweep, plus the moving supports at c = 4, 10, 20
+    assert everything["dense"].groups == ("paper", "adaptive")
+    assert everything["dct4x"].groups == ("paper", "sweep", "adaptive")
+    assert everything["dct_random_c20"].groups == ("sweep", "adaptive")
+    assert everything["adaptive_global_c20"].groups == ("adaptive",)
+    assert [s.name for s in reproduce.build_grid(["adaptive"], [], [], [2])] == [
+        "dense", "dct_lowpass_c2", "dct_random_c2", "adaptive_c2", "adaptive_global_c2"
+    ]  # fmt: skip
+    # The moving supports: random start, an update every 100 steps, the group's compression.
+    for name, budget in (("adaptive_c10", "per_layer"), ("adaptive_global_c10", "global")):
+        options = print_config(by_name[name], text_file, capsys)["model"]["parameterization"]["init_args"]
+        assert options["compression"] == 10.0 and options["budget"] == budget
+        assert options["selection"] == "random" and options["update_every"] == 100
+
+
+# Each run's plot/table label, as its spec gives it (``dense (dropout 0.1)``, ``dct adaptive global``, ...).
+LABELS = {
+    s.name: s.parameterization
+    for s in reproduce.build_grid(["paper", "sweep", "tuning", "adaptive"], [4, 10, 20], [], [4, 10, 20])
+}
+
+
+def scored(run: str, seed: int, final: float, best: float, tokens_per_s: float = 1000.0, **extra: float) -> dict:
+    """A finished run's row with its own final and best val loss (and any extra metrics.json keys)."""
+    row = synthetic(run, seed, final, tokens_per_s, 28.3)
+    return {**row, "best_val_loss": best, "parameterization": LABELS[run], **extra}
+
+
+def table(md: str, title: str) -> list[list[str]]:
+    """The body rows of the first table after the ``## <title>`` heading, as lists of cells."""
+    section = md.split(f"## {title}")[1].split("\n## ")[0].split("\n\n")[2]
+    return [line.strip("| ").split(" | ") for line in section.splitlines()[2:]]
+
+
+TUNING_ROWS = [
+    # dense: dropout 0.1 has the lowest best val loss, dropout 0.2 the lowest final one (so the choice is by best).
+    scored("dense", 0, 1.60, 1.55), scored("dense", 1, 1.64, 1.57),
+    scored("dense_do0.1", 0, 1.58, 1.50), scored("dense_do0.1", 1, 1.58, 1.52),
+    scored("dense_do0.2", 0, 1.56, 1.54),
+    scored("dct4x", 0, 1.70, 1.66),
+    scored("dct4x_do0.2", 0, 1.66, 1.62), scored("dct4x_do0.2", 1, 1.70, 1.64),
+]  # fmt: skip
+
+
+def test_tuning_table_compares_the_best_tuned_models():
+    grid = reproduce.build_grid(["paper", "sweep", "tuning"], [4, 10])
+    md = reproduce.summary_markdown(TUNING_ROWS, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    # model, dropout, final, best, n; dense first; a dropout without runs is left out.
+    assert table(md, "Tuning") == [
+        ["dense", "0", "1.620 ± 0.028", "1.560 ± 0.014", "2"],
+        ["dense", "0.1", "1.580 ± 0.000", "1.510 ± 0.014", "2"],
+        ["dense", "0.2", "1.560", "1.540", "1"],
+        ["dct4x", "0", "1.700", "1.660", "1"],
+        ["dct4x", "0.2", "1.680 ± 0.028", "1.630 ± 0.014", "2"],
+    ]
+    # Best-tuned: dense at 0.1 (best 1.510, final 1.580), dct4x at 0.2 (best 1.630, final 1.680); the gaps are
+    # dct4x - dense between those two configs: 1.630 - 1.510 and 1.680 - 1.580.
+    assert (
+        "Best-tuned (lowest mean best val loss): dense at dropout 0.1 (best 1.510, final 1.580); dct4x at dropout "
+        "0.2 (best 1.630, final 1.680). Gap dct4x − dense, best-tuned against best-tuned: +0.120 best vs best, "
+        "+0.100 final vs final." in md
     )
+    assert reproduce.tuned(reproduce.by_run(TUNING_ROWS), "dense")[0] == 0.1
+    # The plot keeps the paper-setting runs and leaves the dropout variants to the table.
+    assert {r["parameterization"] for r in TUNING_ROWS} == {
+        "dense", "dense (dropout 0.1)", "dense (dropout 0.2)", "dct lowpass", "dct lowpass (dropout 0.2)"
+    }  # fmt: skip
+    assert set(reproduce.plot_points(TUNING_ROWS)) == {"dense", "dct lowpass"}
+
+
+ADAPTIVE_ROWS = [
+    scored("dense", 0, 1.60, 1.55, 4000.0),
+    scored("dct4x", 0, 1.70, 1.66, 1500.0),
+    scored("dct_random_c4", 0, 1.80, 1.76, 1000.0), scored("dct_random_c4", 1, 1.80, 1.78, 1200.0),
+    scored("adaptive_c4", 0, 1.72, 1.65, 880.0, mean_support_changed=0.1),
+    scored("adaptive_c4", 1, 1.74, 1.67, 660.0, mean_support_changed=0.2),
+    scored("adaptive_global_c10", 0, 1.90, 1.80, 500.0, mean_support_changed=0.15),
+]  # fmt: skip
+
+
+def test_adaptive_table_gap_to_the_best_tuned_dense():
+    grid = reproduce.build_grid(["paper", "sweep", "tuning", "adaptive"], [4, 10], [4, 10], [4, 10])
+    budget = reproduce.Budget(5000, "cpu", ())
+    md = reproduce.summary_markdown(ADAPTIVE_ROWS + TUNING_ROWS[2:5], grid, budget, "cmd")
+    # selection, c, % of dense, best, final, gap, stable rank, tokens/s, x random, changed, n. The gap is to the
+    # best-tuned dense's best val loss (dense_do0.1: 1.510), tokens/s relative to the fixed random runs' mean
+    # (1,100) at the same c; cells without runs are left out.
+    assert (
+        "gap: mean best val loss minus that of the best-tuned dense (`dense_do0.1`, dropout 0.1), best val loss 1.510"
+        in md
+    )
+    assert table(md, "Adaptive frequency support") == [
+        ["dense", "–", "28.3%", "1.550", "1.600", "+0.040", "10.0", "4,000", "–", "–", "1"],
+        ["fixed lowpass", "4", "28.3%", "1.660", "1.700", "+0.150", "10.0", "1,500", "1.36×", "–", "1"],
+        ["fixed random", "4", "28.3%", "1.770 ± 0.014", "1.800 ± 0.000", "+0.260", "10.0 ± 0.0", "1,100", "1.00×",
+         "–", "2"],
+        ["adaptive, per layer", "4", "28.3%", "1.660 ± 0.014", "1.730 ± 0.014", "+0.150", "10.0 ± 0.0", "770",
+         "0.70×", "0.150 ± 0.071", "2"],
+        ["adaptive, global", "10", "28.3%", "1.800", "1.900", "+0.290", "10.0", "500", "–", "0.150", "1"],
+    ]  # fmt: skip
+    # Without tuning runs, the gap is to the paper's dense run (best 1.550), and the report says so.
+    md = reproduce.summary_markdown(ADAPTIVE_ROWS, grid, budget, "cmd")
+    assert "the paper's dense run (dropout 0; no tuning run has finished), best val loss 1.550" in md
+    assert [row[5] for row in table(md, "Adaptive frequency support")] == [
+        "+0.000", "+0.110", "+0.220", "+0.110", "+0.250"
+    ]  # fmt: skip
+    assert "## Tuning" not in md
+    # The global run logged no support/k (no update): the K table says so instead of showing nothing.
+    assert "Final K per layer (global budget): the global-budget runs logged no support update." in md
+    # The plot gains one line per moving-support label, beside the fixed ones.
+    points = reproduce.plot_points(ADAPTIVE_ROWS)
+    assert points["dct adaptive"] == [(28.3, pytest.approx(1.73), pytest.approx(math.sqrt(2e-4)))]
+    assert set(points) == {"dense", "dct lowpass", "dct random", "dct adaptive", "dct adaptive global"}
+
+
+def test_final_k_per_layer_from_the_event_file(tmp_path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    # A global-budget run: K logged at two updates (steps 100 and 200); the last one counts.
+    writer = SummaryWriter(str(tmp_path / "run"))
+    for step, ks in ((100, (1000, 900, 500)), (200, (1200, 700, 500))):
+        for layer, k in zip(("blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc"), ks, strict=True):
+            writer.add_scalar(f"support/k/{layer}", k, step)
+        writer.add_scalar("support/changed", 0.1, step)
+    writer.add_scalar("val/loss", 2.0, 200)
+    writer.close()
+    final = reproduce.final_support_k(reproduce.read_scalars(tmp_path / "run"))
+    assert final == {"blocks.0.attn.qkv": 1200, "blocks.0.attn.proj": 700, "blocks.0.mlp.fc": 500}
+    assert reproduce.final_support_k({"val/loss": [(0.0, 1, 2.0)]}) == {}  # a fixed support logs no K
+
+    start = {"blocks.0.attn.qkv": 1000, "blocks.0.attn.proj": 1000, "blocks.0.mlp.fc": 400}
+    support_k = {name: [start[name], final[name]] for name in start}  # as collect() writes it
+    rows = [{**scored("adaptive_global_c4", 0, 1.9, 1.8), "support_k": support_k}]
+    other = {**support_k, "blocks.0.attn.qkv": [1000, 1000]}  # a second seed: qkv kept its K
+    rows.append({**scored("adaptive_global_c4", 1, 1.9, 1.8), "support_k": other})
+    rows.append(scored("adaptive_global_c10", 0, 2.0, 1.9))  # no update logged: no column
+    md = reproduce.summary_markdown(rows, reproduce.build_grid(["adaptive"], []), reproduce.Budget(5000, "cpu", ()),
+                                    "cmd")  # fmt: skip
+    k_table = md.split("Final K per layer (global budget), as a share")[1].split("\n\n")[1].splitlines()
+    assert k_table[0] == "| layer | c = 4 (n = 2) |"
+    assert k_table[2:] == ["| blocks.0.attn.qkv | 110% |", "| blocks.0.attn.proj | 70% |", "| blocks.0.mlp.fc | 125% |"]
 
 
 def test_bad_debug_size_is_rejected():
