@@ -288,6 +288,34 @@ def test_calibration_is_measured_once_per_device_and_dtype(monkeypatch: pytest.M
     assert fast_dct.calibration(torch.device("cpu"), torch.float32) is first
 
 
+def test_a_checkpoint_carries_the_calibration_and_a_resumed_run_takes_the_same_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two processes measure slightly different costs; near a tie they would choose different paths, and a resumed
+    run would then differ from the uninterrupted one in float rounding. The checkpoint keeps what was measured."""
+    from spectral_lightning.module import SpectralLM
+
+    key = ("cpu", None, torch.float32)
+    slow_fft = fast_dct.Calibration(fft=1e4, elem=1e4, op=CAL.op)  # transforms priced far above any product
+    monkeypatch.setattr(fast_dct, "CALIBRATIONS", {key: CAL})
+    monkeypatch.setattr(fast_dct, "DECISIONS", {})
+    module = SpectralLM(vocab="abcdefgh", block_size=16, n_layer=1, n_head=2, n_embd=32, parameterization="dct")
+    layer = DCT(compression=16).build(768, 768)
+    many = torch.zeros(1).expand(65_536, 768)
+    assert layer.uses_transform(many)  # with the run's measured costs
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["dct_calibration"] == {"cpu:None:torch.float32": {"fft": CAL.fft, "elem": CAL.elem, "op": CAL.op}}
+
+    fast_dct.CALIBRATIONS[key] = slow_fft  # a new process, which measured otherwise
+    fast_dct.DECISIONS.clear()
+    assert not layer.uses_transform(many)
+    module.on_load_checkpoint(checkpoint)  # resuming: the checkpoint's costs, the decisions taken again
+    assert fast_dct.CALIBRATIONS[key] == CAL and layer.uses_transform(many)
+    module.on_load_checkpoint({})  # an older checkpoint without them: the process keeps its own
+    assert fast_dct.CALIBRATIONS[key] == CAL
+
+
 # -- the option, checkpoints, batching, torch.compile ------------------------------------------------------------
 
 

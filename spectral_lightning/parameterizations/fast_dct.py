@@ -34,6 +34,7 @@ operation's, in units of one matmul multiply-add), and takes the transforms only
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -425,6 +426,23 @@ def calibration(device: torch.device, dtype: torch.dtype) -> Calibration:
     result = Calibration(fft=fft, elem=max(per_element[0] - fft * math.log2(128), 0.5), op=op)
     CALIBRATIONS[key] = result
     return result
+
+
+def calibration_state() -> dict[str, dict[str, float]]:
+    """The calibrations measured in this process as plain values (``"cpu:None:torch.float32"`` → its three
+    constants), for a checkpoint: a run resumed from it adopts them (:func:`load_calibration_state`), so it takes
+    the same path in every layer as the run it continues, and resumes bit for bit."""
+    return {f"{t}:{i}:{d}": dataclasses.asdict(c) for (t, i, d), c in CALIBRATIONS.items()}
+
+
+def load_calibration_state(state: dict[str, dict[str, float]]) -> None:
+    """Adopt the calibrations of :func:`calibration_state` (entries for other devices are kept for when they are
+    asked for) and forget the decisions taken with the old ones."""
+    for name, values in state.items():
+        kind, index, dtype = name.split(":")
+        key = (kind, None if index == "None" else int(index), getattr(torch, dtype.removeprefix("torch.")))
+        CALIBRATIONS[key] = Calibration(**values)
+    DECISIONS.clear()
 
 
 def materialize_cost(
