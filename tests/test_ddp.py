@@ -62,3 +62,18 @@ def test_two_rank_ddp_keeps_coefficients_identical_and_batches_different(
     assert len(coef) == 4
     for name, value in rank0["params"].items():
         assert torch.equal(value, rank1["params"][name]), name
+
+
+@pytest.mark.parametrize("name", ["monarch", "sparse_lowrank", "kronecker"])
+def test_structured_baselines_train_under_ddp_with_identical_parameters(
+    tmp_path: Path, text_file: Path, name: str
+) -> None:
+    """Every parameter of the structured baselines receives a gradient on every rank (find_unused_parameters
+    stays off), and the ranks end identical after steps on different batches."""
+    rank0, rank1 = run_ddp(tmp_path, text_file, "configs/dct4x.yaml", ["--model.parameterization", name])
+    assert rank0["global_step"] == rank1["global_step"] == 3
+    assert not rank0["ddp_kwargs"].get("find_unused_parameters", False)
+    own = {"monarch": (".L", ".R"), "sparse_lowrank": (".A", ".B", ".S"), "kronecker": (".A", ".B")}[name]
+    assert sum(k.endswith(own) for k in rank0["params"]) == 4 * len(own)  # the 4 block linears' factors
+    for key, value in rank0["params"].items():
+        assert torch.equal(value, rank1["params"][key]), key
