@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from spectral_lightning.llama import Llama, LlamaConfig
-from spectral_lightning.parameterizations import DCT, Dense, fast_dct
+from spectral_lightning.parameterizations import DCT, Dense, dct_cost
 
 #: (label, out_features m, in_features n)
 PAPER_SHAPES = [("paper qkv", 384, 128), ("paper proj", 128, 128), ("paper fc", 512, 128), ("paper mlp proj", 128, 512)]
@@ -112,7 +112,7 @@ def layer_step(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Call
 
 def layer_table(args: argparse.Namespace, device: torch.device, shapes: list[tuple[str, int, int]]) -> None:
     T = args.tokens
-    cal = fast_dct.calibration(device, torch.float32)
+    cal = dct_cost.calibration(device, torch.float32)
     print(f"\n### One layer, forward + backward, {T:,} tokens, selection {args.selection}\n")
     print(
         f"calibration, in multiply-adds: transform per element {cal.elem:.1f} + {cal.fft:.2f} per log2 n, "
@@ -147,9 +147,9 @@ def layer_table(args: argparse.Namespace, device: torch.device, shapes: list[tup
             strips = tra._strips
             gmac = (
                 3 * T * m * n / 1e9,
-                fast_dct.materialize_cost(m, n, mat.ra, mat.cb, T, True, False, cal) / 1e9,
+                dct_cost.materialize_cost(m, n, mat.ra, mat.cb, T, True, False, cal) / 1e9,
                 3 * T * sum(a * (e - s) for a, s, e in strips) / 1e9,
-                fast_dct.transform_cost(m, n, strips, T, True, cal) / 1e9,
+                dct_cost.transform_cost(m, n, strips, T, True, cal) / 1e9,
             )
             t_auto = t_tra if picks == "transform" else t_mat
             print(

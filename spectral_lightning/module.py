@@ -24,7 +24,7 @@ from spectral_lightning.checkpoints import Checkpoint, check_vocab, read_checkpo
 from spectral_lightning.convert import is_dense_linear
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import BLOCK_LINEARS
-from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, fast_dct, resolve
+from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, dct_cost, resolve
 from spectral_lightning.seeds import derive_seed
 from spectral_lightning.support import AdaptiveSupport, has_moving_supports
 from spectral_lightning.tokenization import tokenizer_from_spec
@@ -297,11 +297,11 @@ class SpectralLM(L.LightningModule):
         checkpoint["dropout_seed"] = self._dropout_seed
         # The measured costs behind path="auto" (DCT layers): a resumed run reuses them, so every layer takes the
         # path it took before the interruption and the run resumes bit for bit.
-        checkpoint["dct_calibration"] = fast_dct.calibration_state()
+        checkpoint["dct_calibration"] = dct_cost.calibration_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._dropout_seed = checkpoint.get("dropout_seed", self._dropout_seed)
-        fast_dct.load_calibration_state(checkpoint.get("dct_calibration", {}))
+        dct_cost.load_calibration_state(checkpoint.get("dct_calibration", {}))
         saved = checkpoint.get("hyper_parameters", {}).get("vocab")
         if saved is not None:
             check_vocab(saved, self.hparams.vocab, "the checkpoint", "or start a new run without it")

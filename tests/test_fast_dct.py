@@ -11,16 +11,10 @@ from torch import Tensor
 
 from spectral_lightning import GPT, GPTConfig
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.parameterizations import DCT, DCTLinear, dct_matrix, fast_dct, resolve
+from spectral_lightning.parameterizations import DCT, DCTLinear, dct_cost, dct_matrix, fast_dct, resolve
 from spectral_lightning.parameterizations.dct import select_positions
-from spectral_lightning.parameterizations.fast_dct import (
-    Calibration,
-    dct_ii,
-    dct_iii,
-    staircase,
-    staircase_heights,
-    transform_pays,
-)
+from spectral_lightning.parameterizations.dct_cost import Calibration, transform_pays
+from spectral_lightning.parameterizations.fast_dct import dct_ii, dct_iii, staircase, staircase_heights
 
 # Powers of two, 7-smooth, odd and prime lengths (Makhoul's reordering differs for odd n).
 LENGTHS = [1, 2, 3, 4, 5, 7, 8, 12, 13, 16, 17, 31, 40, 64, 97, 128]
@@ -268,24 +262,24 @@ def test_cost_model_picks_each_path_where_it_pays() -> None:
 
 
 def test_auto_decides_per_token_bucket_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(fast_dct.CALIBRATIONS, ("cpu", None, torch.float32), CAL)
-    monkeypatch.setattr(fast_dct, "DECISIONS", {})
+    monkeypatch.setitem(dct_cost.CALIBRATIONS, ("cpu", None, torch.float32), CAL)
+    monkeypatch.setattr(dct_cost, "DECISIONS", {})
     layer = DCT(compression=16).build(768, 768)
     many, few = torch.zeros(1).expand(65_536, 768), torch.zeros(1, 768)  # shapes only: no memory
     assert layer.uses_transform(many)
     with torch.no_grad():
         assert not layer.uses_transform(few)  # W is cached in evaluation: one small product is cheaper
-    assert len(fast_dct.DECISIONS) == 2
+    assert len(dct_cost.DECISIONS) == 2
     assert layer.uses_transform(torch.zeros(1).expand(40_000, 768))  # 40,000 < 2¹⁶ ≤ 65,536: another bucket
-    assert len(fast_dct.DECISIONS) == 3
+    assert len(dct_cost.DECISIONS) == 3
 
 
 def test_calibration_is_measured_once_per_device_and_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_dct, "CALIBRATIONS", {})
-    first = fast_dct.calibration(torch.device("cpu"), torch.bfloat16)
+    monkeypatch.setattr(dct_cost, "CALIBRATIONS", {})
+    first = dct_cost.calibration(torch.device("cpu"), torch.bfloat16)
     assert first.fft > 0 and first.op > 0
-    assert list(fast_dct.CALIBRATIONS) == [("cpu", None, torch.float32)]  # bf16 runs the float32 transforms
-    assert fast_dct.calibration(torch.device("cpu"), torch.float32) is first
+    assert list(dct_cost.CALIBRATIONS) == [("cpu", None, torch.float32)]  # bf16 runs the float32 transforms
+    assert dct_cost.calibration(torch.device("cpu"), torch.float32) is first
 
 
 def test_a_checkpoint_carries_the_calibration_and_a_resumed_run_takes_the_same_paths(
@@ -296,9 +290,9 @@ def test_a_checkpoint_carries_the_calibration_and_a_resumed_run_takes_the_same_p
     from spectral_lightning.module import SpectralLM
 
     key = ("cpu", None, torch.float32)
-    slow_fft = fast_dct.Calibration(fft=1e4, elem=1e4, op=CAL.op)  # transforms priced far above any product
-    monkeypatch.setattr(fast_dct, "CALIBRATIONS", {key: CAL})
-    monkeypatch.setattr(fast_dct, "DECISIONS", {})
+    slow_fft = dct_cost.Calibration(fft=1e4, elem=1e4, op=CAL.op)  # transforms priced far above any product
+    monkeypatch.setattr(dct_cost, "CALIBRATIONS", {key: CAL})
+    monkeypatch.setattr(dct_cost, "DECISIONS", {})
     module = SpectralLM(vocab="abcdefgh", block_size=16, n_layer=1, n_head=2, n_embd=32, parameterization="dct")
     layer = DCT(compression=16).build(768, 768)
     many = torch.zeros(1).expand(65_536, 768)
@@ -307,13 +301,13 @@ def test_a_checkpoint_carries_the_calibration_and_a_resumed_run_takes_the_same_p
     module.on_save_checkpoint(checkpoint)
     assert checkpoint["dct_calibration"] == {"cpu:None:torch.float32": {"fft": CAL.fft, "elem": CAL.elem, "op": CAL.op}}
 
-    fast_dct.CALIBRATIONS[key] = slow_fft  # a new process, which measured otherwise
-    fast_dct.DECISIONS.clear()
+    dct_cost.CALIBRATIONS[key] = slow_fft  # a new process, which measured otherwise
+    dct_cost.DECISIONS.clear()
     assert not layer.uses_transform(many)
     module.on_load_checkpoint(checkpoint)  # resuming: the checkpoint's costs, the decisions taken again
-    assert fast_dct.CALIBRATIONS[key] == CAL and layer.uses_transform(many)
+    assert dct_cost.CALIBRATIONS[key] == CAL and layer.uses_transform(many)
     module.on_load_checkpoint({})  # an older checkpoint without them: the process keeps its own
-    assert fast_dct.CALIBRATIONS[key] == CAL
+    assert dct_cost.CALIBRATIONS[key] == CAL
 
 
 # -- the option, checkpoints, batching, torch.compile ------------------------------------------------------------

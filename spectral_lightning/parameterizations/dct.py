@@ -38,9 +38,9 @@ from torch import Tensor
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.parameterizations.adaptive import Budget, Grow, SupportSchedule, check_support_options
 from spectral_lightning.parameterizations.base import OrthonormalCoefficientLinear, Parameterization
+from spectral_lightning.parameterizations.dct_cost import choose_transform
 from spectral_lightning.parameterizations.fast_dct import (
     autocast_off,
-    choose_transform,
     even_odd_order,
     spectral_product,
     staircase,
