@@ -4,7 +4,9 @@ Every run is ``python cli.py fit --config configs/<name>.yaml <overrides>`` in a
 budget (``--steps``) and seeds (``--seeds``); its TensorBoard logs and checkpoints land in
 ``<out>/runs/<run>/seed<S>-steps<N>/``. When a run ends, its numbers are read back from its event file and
 last checkpoint and written to ``metrics.json`` there; a run whose ``metrics.json`` exists is not redone, so an
-interrupted grid resumes where it stopped (an unfinished run restarts from its ``last.ckpt``).
+interrupted grid resumes where it stopped (an unfinished run restarts from its ``last.ckpt``). The repository
+keeps every finished run's ``metrics.json`` (its logs and checkpoints are ignored), so a grid can span clones and
+machines: a fresh clone skips what has been run and reports on all of it.
 
 Groups:
 
