@@ -114,7 +114,7 @@ class CausalLM(nn.Module):
             raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         # (Checked here, not inside the context manager, so that compiled graphs never trace it.)
         if self._batch_groups and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            with batched_weights(self._batch_groups):
+            with batched_weights(self._batch_groups, tokens=B * T):  # every block linear sees B·T rows
                 return self._forward(idx)
         return self._forward(idx)
 

@@ -140,3 +140,46 @@ def test_batching_dispatches_fewer_matrix_products() -> None:
     extra = products[("dct4x", False)] - products[("dense", False)]
     assert extra == 16 * 4  # 16 parameterized linears x 2 products x (forward + backward)
     assert products[("dct4x", True)] - products[("dense", False)] == 4 * 4  # 4 shapes, the same 4 each
+
+
+@pytest.mark.parametrize("skips", [True, False])
+def test_layers_that_skip_w_are_not_rebuilt(monkeypatch: pytest.MonkeyPatch, skips: bool) -> None:
+    """path=auto low-pass DCT layers that take the transform path for this many tokens never need W, so the
+    batched rebuild leaves them out; the others get their batched weights as before."""
+    import spectral_lightning.parameterizations.dct as dct
+
+    seen = []
+
+    def decide(m, n, ra, cb, strips, tokens, device, dtype):  # noqa: ANN001, ANN202
+        seen.append(tokens)
+        return skips
+
+    monkeypatch.setattr(dct, "choose_transform", decide)
+    layers = [DCT(compression=4.0, selection="lowpass").build(32, 48) for _ in range(3)]
+    with batched_weights([layers], tokens=4096):
+        assert all((layer._batched is None) == skips for layer in layers)
+        if not skips:
+            for layer in layers:
+                torch.testing.assert_close(layer._batched, layer.reconstruct())
+    assert seen == [4096] * 3
+    assert all(layer._batched is None for layer in layers)
+
+
+def test_a_model_forward_skips_the_rebuild_of_transform_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPT passes B·T to the batched rebuild: with every layer on the transform path nothing is rebuilt,
+    and the logits are those of per-layer execution."""
+    import spectral_lightning.parameterizations.dct as dct
+
+    monkeypatch.setattr(dct, "choose_transform", lambda *args: True)
+    spec = {"class_path": "dct", "init_args": {"selection": "lowpass"}}
+    batched, plain = tiny(spec, batched=True), tiny(spec, batched=False)
+    calls = []
+    cls = type(batched.blocks[0].attn.qkv)
+    original = cls.reconstruct_batch.__func__
+    monkeypatch.setattr(cls, "reconstruct_batch", classmethod(lambda c, ls: calls.append(len(ls)) or original(c, ls)))
+    ref_logits, ref_grads = logits_and_grads(plain)
+    logits, grads = logits_and_grads(batched)
+    assert calls == []
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

@@ -135,6 +135,11 @@ class ReconstructedLinear(ParameterizedLinear):
         together; None (the default) = never batched."""
         return None
 
+    def skips_weight(self, tokens: int) -> bool:
+        """Whether a forward over ``tokens`` input rows computes its output without building W (then
+        :func:`batched_weights` leaves this layer out for that call). False here: W is always rebuilt."""
+        return False
+
     @classmethod
     def reconstruct_batch(cls, layers: Sequence[ReconstructedLinear]) -> Tensor:
         """The (L, out_features, in_features) float32 weights of ``layers`` (equal :meth:`batch_key`).
@@ -191,21 +196,26 @@ def batch_groups(layers: Iterable[nn.Module]) -> list[list[ReconstructedLinear]]
 
 
 @contextlib.contextmanager
-def batched_weights(groups: Sequence[Sequence[ReconstructedLinear]]) -> Iterator[None]:
+def batched_weights(groups: Sequence[Sequence[ReconstructedLinear]], tokens: int | None = None) -> Iterator[None]:
     """Rebuild each group's weights with one batched product and let the layers use them inside the block.
 
     A model whose layers share shapes (every block of a GPT) then pays a few kernel launches per shape and
     step instead of a few per layer, which matters where a step is launch-bound (small models on a GPU). Only
     in eager training: with autograd off the per-layer cache already makes weights free, and under
-    ``torch.compile`` the compiler fuses the per-layer products itself.
+    ``torch.compile`` the compiler fuses the per-layer products itself. ``tokens``: the input rows each layer
+    will see in this forward (B·T in a transformer's blocks); layers that skip W for that many
+    (:meth:`ReconstructedLinear.skips_weight`, e.g. a low-pass DCT layer on its transform path) are not rebuilt.
     """
     if not groups or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         yield
         return
     try:
         for group in groups:
-            weights = _without_autocast(group[0], lambda g=group: type(g[0]).reconstruct_batch(g))
-            for layer, w in zip(group, weights.unbind(0), strict=True):
+            live = [layer for layer in group if tokens is None or not layer.skips_weight(tokens)]
+            if not live:
+                continue
+            weights = _without_autocast(live[0], lambda g=live: type(g[0]).reconstruct_batch(g))
+            for layer, w in zip(live, weights.unbind(0), strict=True):
                 layer._batched = w
         yield
     finally:

@@ -194,15 +194,18 @@ class DCTLinear(OrthonormalCoefficientLinear):
             self._build_transform_buffers(torch.float64, device)
         return self
 
-    def uses_transform(self, x: Tensor) -> bool:
-        """Whether this call with input ``x`` skips W (see ``path``)."""
+    def skips_weight(self, tokens: int) -> bool:
+        """Whether a forward over ``tokens`` input rows takes the transform path and skips W (see ``path``)."""
         if self._strips is None or self.path == "materialize" or getattr(self, "support_moves", False):
             return False
         if self.path == "transform":
             return True
-        tokens = x.numel() // self.in_features
-        m, n = self.out_features, self.in_features
-        return choose_transform(m, n, self.ra, self.cb, self._strips, tokens, x.device, self.basis_in.dtype)
+        m, n, basis = self.out_features, self.in_features, self.basis_in
+        return choose_transform(m, n, self.ra, self.cb, self._strips, tokens, basis.device, basis.dtype)
+
+    def uses_transform(self, x: Tensor) -> bool:
+        """Whether this call with input ``x`` skips W (see ``path``)."""
+        return self.skips_weight(x.numel() // self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.uses_transform(x):
