@@ -227,6 +227,45 @@ def test_probe_gradient_is_the_coefficient_space_gradient_with_and_without_batch
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("budget", ["per_layer", "global"])
+def test_compiled_model_captures_the_same_gradient_and_follows_moved_supports(budget: str) -> None:
+    """Under ``torch.compile`` (aot_eager on the CPU: Dynamo and AOTAutograd, the parts the layers must get
+    through) the armed probe captures the eager Ĝ, and after an update (new positions; under a global budget new
+    sizes) the compiled model computes with the moved supports, not a stale graph."""
+    torch._dynamo.reset()
+    try:
+        torch.manual_seed(0)
+        parameterization = DCT(selection="random", update_every=1, update_until=1.0, budget=budget)
+        module = SpectralLM(vocab="abcdefgh", **{**TINY, "n_layer": 2}, parameterization=parameterization)
+        model = module.model
+        compiled = torch.compile(model, backend="aot_eager")
+        layers = moving_layers(module)
+        idx = torch.randint(8, (2, 17), generator=torch.Generator().manual_seed(1))
+
+        def probe(net: torch.nn.Module) -> list[torch.Tensor]:
+            for layer in layers:
+                layer.disarm_gradient_probe()
+                layer.arm_gradient_probe()
+            logits = net(idx[:, :-1])
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
+            model.zero_grad()
+            return [layer.coefficient_gradient().clone() for layer in layers]
+
+        eager, traced = probe(model), probe(compiled)
+        for a, b in zip(eager, traced, strict=True):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+        before = [layer.positions.clone() for layer in layers]
+        update_supports(layers, step=1, total_steps=10)
+        assert any(not torch.equal(b, layer.positions) for b, layer in zip(before, layers, strict=True))
+        for layer in layers:
+            layer.disarm_gradient_probe()
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(idx[:, :-1]), model(idx[:, :-1]), rtol=1e-5, atol=1e-6)
+    finally:
+        torch._dynamo.reset()
+
+
 # -- through Lightning: exports, logging ---------------------------------------------------------------------
 class MetricsRecorder(Logger):
     """A logger that keeps what it is given."""
