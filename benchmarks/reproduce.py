@@ -1017,7 +1017,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="shrink every run for tests, e.g. n_layer=1,n_embd=32,n_head=2,block=16,batch=8",
     )
     parser.add_argument("--data-path", default=None, help="train on this local text file (data.path)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the commands of the runs left to train (finished: a comment) and exit",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -1056,9 +1060,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid = [s for s in grid if s.name in args.only]
     out = args.out.resolve()
     jobs = [(spec, seed) for spec in grid for seed in args.seeds]
-    if args.dry_run:
+    if args.dry_run:  # what is left to train: the commands, the finished runs as comments
+        left = 0
         for spec, seed in jobs:
-            print(shlex.join(command_for(spec, seed, budget, out)))
+            if (run_dir(out, spec, seed, budget) / "metrics.json").is_file():
+                print(f"# finished: {spec.name} seed {seed}")
+            else:
+                left += 1
+                print(shlex.join(command_for(spec, seed, budget, out)))
+        print(f"# {left} of {len(jobs)} runs left to train")
         return 0
 
     given = sys.argv[1:] if argv is None else argv

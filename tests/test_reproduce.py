@@ -466,3 +466,18 @@ def test_a_run_finished_before_the_column_rename_is_still_read(tmp_path: Path) -
     metrics = tmp_path / "metrics.json"
     metrics.write_text('{"run": "dct4x", "strategy": "dct lowpass", "final_val_loss": 1.629}\n')
     assert reproduce.read_row(metrics) == {"run": "dct4x", "parameterization": "dct lowpass", "final_val_loss": 1.629}
+
+
+def test_dry_run_lists_only_the_runs_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A grid spans sessions: --dry-run prints the commands still to run and marks the finished ones."""
+    argv = ["--groups", "paper", "--steps", "300", "--seeds", "0", "1", "--out", str(tmp_path), "--dry-run"]
+    budget = reproduce.Budget(300, "auto", (), 30)
+    finished = reproduce.run_dir(tmp_path, reproduce.paper_spec("dct4x"), 1, budget)
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    assert reproduce.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "# finished: dct4x seed 1" in lines
+    commands = [line for line in lines if not line.startswith("#")]
+    assert len(commands) == 9 and not any("dct4x --trainer.logger.init_args.version seed1" in c for c in commands)
+    assert lines[-1] == "# 9 of 10 runs left to train"
