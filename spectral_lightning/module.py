@@ -65,6 +65,9 @@ class SpectralLM(L.LightningModule):
         weight_decay: decoupled weight decay on weights/coefficients/factors (not biases, norms, embeddings).
         warmup_steps: linear warm-up steps from 0 to ``lr`` (≥ 0).
         min_lr: floor of the cosine decay, reached at the trainer's ``max_steps``.
+        parameterized_lr_scale: learning-rate multiplier (> 0) for the weight-defining Parameters of the
+            parameterized linears (DCT coefficients, low-rank factors, ...), warm-up, decay and floor included;
+            they then form an AdamW group of their own. 1 (the default): the same rate as every other Parameter.
         compile: run the model through ``torch.compile`` (parameterized layers are built first, then the
             whole GPT is compiled; the state dict keeps its plain names).
         compile_mode: ``torch.compile`` mode when ``compile`` is on: ``default``, ``reduce-overhead`` (CUDA
@@ -101,6 +104,7 @@ class SpectralLM(L.LightningModule):
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
         min_lr: float = 1e-4,
+        parameterized_lr_scale: float = 1.0,
         compile: bool = False,
         compile_mode: str | None = None,
         check_finite: bool = True,
@@ -120,6 +124,10 @@ class SpectralLM(L.LightningModule):
             )
         if warmup_steps < 0 or weight_decay < 0:
             raise ConfigError("model.warmup_steps and model.weight_decay must be >= 0")
+        if not parameterized_lr_scale > 0:
+            raise ConfigError(
+                f"model.parameterized_lr_scale={parameterized_lr_scale} is not valid: expected a number > 0"
+            )
         self.tokenizer = tokenizer_from_spec(vocab)
         self.parameterization = resolve(parameterization)
         self.model = build_model(self.hparams, self.parameterization)
@@ -243,20 +251,28 @@ class SpectralLM(L.LightningModule):
         LayerNorm gains and the token/position embeddings (decaying lookup tables only shrinks rare rows). A
         ``transformers`` model's linears left unparameterized (``nn.Linear``, ``Conv1D``) decay their weights too;
         a weight tied to an embedding is decayed once, as a linear's.
+
+        With ``parameterized_lr_scale`` ≠ 1 the parameterized linears' decayed Parameters move to a third group
+        (decayed too) whose ``lr`` is scaled; with 1 there are two groups, as in checkpoints written before.
         """
-        decay = []
-        for m in self.model.modules():
+        hp = self.hparams
+        scale = hp.get("parameterized_lr_scale", 1.0)
+        chosen = set(self.model.parameterized)  # the linears built by the parameterization (the rest: dense)
+        owned: dict[int, tuple[torch.nn.Parameter, bool]] = {}  # in module order (the optimizer state's order)
+        for name, m in self.model.named_modules():
             if isinstance(m, ParameterizedLinear):
-                decay += m.weight_parameters()
+                own_group = scale != 1.0 and name in chosen
+                owned.update({id(p): (p, own_group) for p in m.weight_parameters()})
             elif is_dense_linear(m):
-                decay.append(m.weight)
-        decay = list({id(p): p for p in decay}.values())
-        ids = {id(p) for p in decay}
+                owned.setdefault(id(m.weight), (m.weight, False))
+        decay = [p for p, own_group in owned.values() if not own_group]
+        scaled = [p for p, own_group in owned.values() if own_group]
+        ids = set(owned)
         no_decay = [p for p in self.model.parameters() if id(p) not in ids]
-        return [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if scaled:
+            groups.append({"params": scaled, "weight_decay": hp.weight_decay, "lr": hp.lr * scale})
+        return groups
 
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Linear warm-up to 1, then cosine decay to ``min_lr / lr`` at ``total_steps``."""

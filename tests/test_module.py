@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from helpers import REPO, make_text, quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from spectral_lightning import CharDataModule, ParameterizedLinear, SpectralLM
+from spectral_lightning import CharDataModule, ConfigError, ParameterizedLinear, SpectralLM
 from spectral_lightning.cli import cli_main
 from spectral_lightning.data import RandomWindowBatches
 from spectral_lightning.parameterizations import DCT, Dense, LowRank, unregister
@@ -230,6 +230,39 @@ def test_parameter_groups_by_role(strategy, decayed: set[str], parameterize: lis
         leaves = {n.rsplit(".", 1)[1] for n in decay_names if n.rsplit(".", 1)[0] == owner}
         assert leaves == (decayed if owner.removeprefix("model.") in parameterized else {"weight"}), owner
     assert {n for n in no_decay_names if not n.endswith("bias")} >= {"model.wte.weight", "model.wpe.weight"}
+
+
+def test_parameterized_lr_scale_gives_the_compressed_linears_their_own_rate() -> None:
+    """parameterized_lr_scale: the coefficients (here of the MLP linears only) get lr × scale through warm-up and
+    decay; every other Parameter, the dense attention linears included, keeps lr; scale 1 keeps the two groups
+    (and their order) of checkpoints written before the option existed."""
+    kwargs = dict(vocab="abcdefgh", block_size=16, n_layer=2, n_head=2, n_embd=16, parameterization=DCT(), lr=1e-3)
+    kwargs["parameterize"] = ["blocks.*.mlp.*"]
+    reference = SpectralLM(**kwargs)
+    plain = reference.parameter_groups()
+    assert len(plain) == 2
+    plain_names = {id(p): n for n, p in reference.named_parameters()}
+    model = SpectralLM(**kwargs, parameterized_lr_scale=3.0)
+    decay, no_decay, scaled = model.parameter_groups()
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in scaled["params"]} == {
+        f"model.blocks.{i}.mlp.{f}.coef" for i in (0, 1) for f in ("fc", "proj")
+    }
+    assert scaled["lr"] == pytest.approx(3e-3) and scaled["weight_decay"] == decay["weight_decay"] == 0.1
+    scaled_names = {names[id(p)] for p in scaled["params"]}
+    assert [names[id(p)] for p in decay["params"]] == [
+        plain_names[id(p)] for p in plain[0]["params"] if plain_names[id(p)] not in scaled_names
+    ]  # the dense linears, in the order they had
+    assert len({id(p) for g in (decay, no_decay, scaled) for p in g["params"]}) == len(list(model.parameters()))
+    optimizer = torch.optim.AdamW(model.parameter_groups(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: model.lr_factor(step, 100))
+    for _ in range(30):
+        optimizer.step()
+        schedule.step()
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    assert lrs[2] == pytest.approx(3 * lrs[0]) and lrs[0] == pytest.approx(1e-3 * model.lr_factor(30, 100))
+    with pytest.raises(ConfigError, match="model.parameterized_lr_scale=0.0 is not valid: expected a number > 0"):
+        SpectralLM(**kwargs, parameterized_lr_scale=0.0)
 
 
 def test_lr_factor_warmup_then_cosine_to_floor() -> None:
