@@ -704,6 +704,22 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
     return "\n".join(lines)
 
 
+def relative_speed(rows: Sequence[dict], reference: Sequence[dict]) -> float | None:
+    """Mean over ``rows`` of each run's training tokens/s over the mean of the ``reference`` runs on the same
+    machine (throughput compares only within a machine); None when no run has a reference there."""
+    by_machine: dict[str, list[float]] = {}
+    for r in reference:
+        if math.isfinite(r["tokens_per_s"]):
+            by_machine.setdefault(r.get("machine", ""), []).append(r["tokens_per_s"])
+    means = {machine: statistics.fmean(tps) for machine, tps in by_machine.items()}
+    ratios = [
+        r["tokens_per_s"] / means[r.get("machine", "")]
+        for r in rows
+        if math.isfinite(r["tokens_per_s"]) and means.get(r.get("machine", ""), 0) > 0
+    ]
+    return statistics.fmean(ratios) if ratios else None
+
+
 def baselines_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[str]:
     """The baselines table (one row per parameterization and compression, dense first), or nothing when no run
     that only the baselines group trains has finished (so reports of the other groups stay as they were).
@@ -715,15 +731,14 @@ def baselines_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list
         return []
     cs = sorted({s.compression for s in own})
     dense = runs.get("dense", [])
-    dense_tps = [r["tokens_per_s"] for r in dense if math.isfinite(r["tokens_per_s"])]
-    reference = statistics.fmean(dense_tps) if dense_tps else math.nan
     lines = [
         "## Baselines",
         "",
         "Each block linear stores about mn/c values (dense: mn); % of dense counts the whole model (embeddings, "
         "norms and head included). Val loss and stable rank as above, mean ± std over the n seeds; val bpb: bits per "
-        "byte of the held-out text at the last validation; tokens/s: mean training throughput, and its ratio to "
-        "the dense runs of this report.",
+        "byte of the held-out text at the last validation; tokens/s: mean training throughput, and × dense the "
+        "mean ratio of each run's to that of the dense runs on the same machine (–: no dense run there; "
+        "benchmarks/throughput.py --configs measures every parameterization on one machine).",
         "",
         "| parameterization | c | params | % of dense | final val loss | best val loss | val bpb | stable rank "
         "| tokens/s | × dense | n |",
@@ -740,7 +755,7 @@ def baselines_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list
         bpb = [r["final_val_bpb"] for r in rs if r.get("final_val_bpb") is not None]
         tps = [r["tokens_per_s"] for r in rs if math.isfinite(r["tokens_per_s"])]
         speed = statistics.fmean(tps) if tps else math.nan
-        ratio = speed / reference if math.isfinite(speed) and math.isfinite(reference) and reference > 0 else None
+        ratio = relative_speed(rs, dense)
         lines.append(
             f"| {label} | {'–' if c is None else f'{c:g}'} | {rs[0]['stored_params']:,} "
             f"| {rs[0]['pct_of_dense']:.1f}% | {mean_std([r['final_val_loss'] for r in rs])} "
@@ -857,7 +872,8 @@ def adaptive_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[
         "start, drop the smallest and grow where the gradient is largest every 100 steps until 75% of training; "
         "per layer: each layer keeps its K; global: the layers share one total). Val loss and stable rank as above, "
         f"mean ± std over the n seeds; gap: mean best val loss minus that of {which}; × random: tokens/s over the "
-        "fixed random runs' of the same c; changed: mean share of positions changed per support update.",
+        "fixed random runs' of the same c on the same machine; changed: mean share of positions changed per "
+        "support update.",
         "",
         "| selection | c | % of dense | best val loss | final val loss | gap | stable rank | tokens/s | × random "
         "| changed | n |",
@@ -876,14 +892,13 @@ def adaptive_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[
         tps = [r["tokens_per_s"] for r in rs if math.isfinite(r["tokens_per_s"])]
         speed = statistics.fmean(tps) if tps else math.nan
         random = runs.get(sweep_spec("dct_random", c).name, []) if c is not None else []
-        random_tps = [r["tokens_per_s"] for r in random if math.isfinite(r["tokens_per_s"])]
-        ratio = speed / statistics.fmean(random_tps) if random_tps and math.isfinite(speed) else math.nan
+        ratio = relative_speed(rs, random)
         changed = [r["mean_support_changed"] for r in rs if r.get("mean_support_changed") is not None]
         lines.append(
             f"| {label} | {'–' if c is None else f'{c:g}'} | {rs[0]['pct_of_dense']:.1f}% "
             f"| {mean_std([r['best_val_loss'] for r in rs])} | {mean_std([r['final_val_loss'] for r in rs])} "
             f"| {'–' if math.isnan(gap) else f'{gap:+.3f}'} | {mean_std([r['mean_stable_rank'] for r in rs], 1)} "
-            f"| {'–' if not tps else f'{speed:,.0f}'} | {'–' if math.isnan(ratio) else f'{ratio:.2f}×'} "
+            f"| {'–' if not tps else f'{speed:,.0f}'} | {'–' if ratio is None else f'{ratio:.2f}×'} "
             f"| {mean_std(changed)} | {len(rs)} |"
         )
     lines.append("")

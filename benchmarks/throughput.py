@@ -18,6 +18,9 @@ for the framework's overhead. One markdown table prints each figure and its rati
 
     python benchmarks/throughput.py --device cpu --threads 1 --warmup 20 --steps 40
     python benchmarks/throughput.py --device cuda --precision bf16-mixed --compile
+    # the structured baselines of `reproduce.py --groups baselines`, at mn/4, against dense on one machine
+    python benchmarks/throughput.py --device cpu --threads 1 --configs dense dct4x dct_random_c4 lowrank_c4 \
+        monarch_c4 sparse_lowrank_c4 kronecker_c4
 
 The machine is named above the table. Pass ``--repeats 2`` or more on a busy machine: configurations are
 then run round-robin and each figure is the median over the repeats.
@@ -48,6 +51,14 @@ CONFIGS: dict[str, dict] = {
     "lowrank16": {"class_path": "lowrank", "init_args": {"rank": 16}},
     "lowrank48": {"class_path": "lowrank", "init_args": {"rank": 48}},
 }
+PAPER_CONFIGS: tuple[str, ...] = tuple(CONFIGS)  # the default set
+# The structured baselines at the compressions of `reproduce.py --groups baselines` (pass them with --configs):
+# <key>_c<c> as that grid names its runs.
+for _c in (4, 10):
+    CONFIGS[f"dct_random_c{_c}"] = {"class_path": "dct", "init_args": {"compression": float(_c), "selection": "random"}}
+    CONFIGS[f"dct_lowpass_c{_c}"] = {"class_path": "dct", "init_args": {"compression": float(_c)}}
+    for _key in ("lowrank", "monarch", "sparse_lowrank", "kronecker"):
+        CONFIGS[f"{_key}_c{_c}"] = {"class_path": _key, "init_args": {"compression": float(_c)}}
 BARE = "bare_pytorch_dense"
 BATCH, CONTEXT, VOCAB = 64, 128, 65
 
@@ -330,7 +341,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="model.batch_reconstruction=true: one batched rebuild per weight shape (eager training)",
     )
     parser.add_argument(
-        "--configs", nargs="+", default=[*CONFIGS, BARE], choices=[*CONFIGS, BARE], help="configurations to run"
+        "--configs",
+        nargs="+",
+        default=[*PAPER_CONFIGS, BARE],
+        choices=[*CONFIGS, BARE],
+        help="configurations to run (default: the paper's and the bare loop; also the baselines' <key>_c4/_c10)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration, round-robin; median")

@@ -144,6 +144,7 @@ def test_summary_baselines_table_relative_throughput_and_plot_lines():
     rows += [synthetic("monarch_c4", 0, 2.0, 1000.0, 28.3), synthetic("monarch_c4", 1, 2.2, 1400.0, 28.3)]
     rows += [synthetic("sparse_lowrank_c10", 0, 2.5, 4000.0, 14.3, bpb=None)]
     rows += [synthetic("lowrank_c10", 0, 2.4, float("nan"), 14.0)]
+    rows += [{**synthetic("kronecker_c10", 0, 2.6, 500.0, 14.2), "machine": "slower"}]
     grid = reproduce.build_grid(["paper", "sweep", "baselines"], [4, 10], [4, 10])
     md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
     table = md.split("## Baselines")[1].split("Paper: v1")[0]
@@ -151,17 +152,21 @@ def test_summary_baselines_table_relative_throughput_and_plot_lines():
     cells = {tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ")[2:] for line in lines}
     # (parameterization, c) -> params, % of dense, final, best, bpb, stable rank, tokens/s, x dense, n; dense
     # first, then each compression in the group's order; cells without runs are left out.
-    assert list(cells) == [("dense", "–"), ("monarch", "4"), ("lowrank", "10"), ("sparse_lowrank", "10")]
+    assert list(cells) == [
+        ("dense", "–"), ("monarch", "4"), ("lowrank", "10"), ("sparse_lowrank", "10"), ("kronecker", "10")
+    ]  # fmt: skip
     assert cells[("dense", "–")] == ["100", "100.0%", "1.600 ± 0.141", "1.500 ± 0.141", "2.000 ± 0.000", "10.0 ± 0.0",
                                      "2,000", "1.00×", "2"]  # fmt: skip
-    # Relative throughput: the cell's mean tokens/s over the dense runs' mean (2,000).
+    # Relative throughput: each run's tokens/s over the mean of the dense runs on its machine (2,000), averaged;
+    # a run from a machine without a dense run gets no ratio.
     assert cells[("monarch", "4")][6:] == ["1,200", "0.60×", "2"]
+    assert cells[("kronecker", "10")][6:] == ["500", "–", "1"]
     assert cells[("sparse_lowrank", "10")][4] == "–"  # no bpb recorded
     assert cells[("sparse_lowrank", "10")][6:] == ["4,000", "2.00×", "1"]
     assert cells[("lowrank", "10")][6:] == ["–", "–", "1"]  # no throughput measured
     # The plot draws one line per parameterization: val loss against the share of the dense model stored.
     points = reproduce.plot_points(rows)
-    assert set(points) == {"dense", "monarch", "sparse_lowrank", "lowrank"}
+    assert set(points) == {"dense", "monarch", "sparse_lowrank", "lowrank", "kronecker"}
     assert points["monarch"] == [(28.3, pytest.approx(2.1), pytest.approx(math.sqrt(0.02)))]
     # Without a run that only the baselines, tuning or adaptive group trains, the report is what it was before
     # those groups existed (the report's grid holds every group).
