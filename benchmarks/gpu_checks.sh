@@ -8,8 +8,9 @@
 #      dense, dct4x, dct2x and the bare loop compiled the same way;
 #   3. the GPU tests (tests/test_precision.py on CUDA, tests/test_compile.py with inductor), in the
 #      background of phase 4;
-#   4. the paper table and the K = mn/10, mn/20 sweep (benchmarks/reproduce.py, $STEPS steps, seeds 0 1,
-#      $JOBS runs sharing the GPU), then the reports from whatever finished (--report-only);
+#   4. the reproduction grids (benchmarks/reproduce.py, $STEPS steps, seeds 0 1, $JOBS runs sharing the GPU):
+#      $REPRO_GROUPS, default "baselines tuning adaptive" (the grids the CPU has not finished; "paper sweep" adds the
+#      paper table and the K = mn/10, mn/20 sweep), then the reports from whatever finished (--report-only);
 #   5. FSDP (configs/fsdp.yaml) on every GPU of the machine: 20 debug-size steps of the llama60m configs
 #      (dense, dct4x, lowrank) on a text made here (CUDA only; on the CPU the add-on must stop in one line).
 #
@@ -30,6 +31,7 @@ steps=${STEPS:-5000}
 jobs=${JOBS:-10}
 debug=${DEBUG_SIZE:-}
 phases=${PHASES:-1 2 3 4 5}
+read -r -a groups <<<"${REPRO_GROUPS:-baselines tuning adaptive}"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
@@ -89,7 +91,7 @@ fi
 
 if has 4; then
   stamp "phase 4: reproduction"
-  repro=(--steps "$steps" --seeds 0 1 --groups paper sweep --compressions 10 20 --out results_gpu
+  repro=(--steps "$steps" --seeds 0 1 --groups "${groups[@]}" --compressions 10 20 --out results_gpu
     --device "${device/cuda/gpu}")
   [ -n "$debug" ] && repro+=(--debug-size "$debug")
   timeout "$(cap 10000)" python3 benchmarks/reproduce.py "${repro[@]}" --jobs "$jobs" >>"$out/reproduce.log" 2>&1
