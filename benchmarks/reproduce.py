@@ -704,18 +704,24 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
     return "\n".join(lines)
 
 
+def hardware(row: dict) -> str:
+    """The machine a run's throughput belongs to: its ``machine`` without the OS part (processor, core count and
+    GPU; the same hardware keeps its key across kernel updates)."""
+    return row.get("machine", "").split(", ", 1)[-1]
+
+
 def relative_speed(rows: Sequence[dict], reference: Sequence[dict]) -> float | None:
     """Mean over ``rows`` of each run's training tokens/s over the mean of the ``reference`` runs on the same
     machine (throughput compares only within a machine); None when no run has a reference there."""
     by_machine: dict[str, list[float]] = {}
     for r in reference:
         if math.isfinite(r["tokens_per_s"]):
-            by_machine.setdefault(r.get("machine", ""), []).append(r["tokens_per_s"])
+            by_machine.setdefault(hardware(r), []).append(r["tokens_per_s"])
     means = {machine: statistics.fmean(tps) for machine, tps in by_machine.items()}
     ratios = [
-        r["tokens_per_s"] / means[r.get("machine", "")]
+        r["tokens_per_s"] / means[hardware(r)]
         for r in rows
-        if math.isfinite(r["tokens_per_s"]) and means.get(r.get("machine", ""), 0) > 0
+        if math.isfinite(r["tokens_per_s"]) and means.get(hardware(r), 0) > 0
     ]
     return statistics.fmean(ratios) if ratios else None
 
