@@ -54,11 +54,15 @@ CONFIGS: dict[str, dict] = {
 PAPER_CONFIGS: tuple[str, ...] = tuple(CONFIGS)  # the default set
 # The structured baselines at the compressions of `reproduce.py --groups baselines` (pass them with --configs):
 # <key>_c<c> as that grid names its runs.
-for _c in (4, 10):
-    CONFIGS[f"dct_random_c{_c}"] = {"class_path": "dct", "init_args": {"compression": float(_c), "selection": "random"}}
-    CONFIGS[f"dct_lowpass_c{_c}"] = {"class_path": "dct", "init_args": {"compression": float(_c)}}
-    for _key in ("lowrank", "monarch", "sparse_lowrank", "kronecker"):
-        CONFIGS[f"{_key}_c{_c}"] = {"class_path": _key, "init_args": {"compression": float(_c)}}
+CONFIGS |= {
+    f"{name}_c{c}": {"class_path": class_path, "init_args": {"compression": float(c), **extra}}
+    for c in (4, 10)
+    for name, class_path, extra in (
+        ("dct_random", "dct", {"selection": "random"}),
+        ("dct_lowpass", "dct", {}),
+        *((key, key, {}) for key in ("lowrank", "monarch", "sparse_lowrank", "kronecker")),
+    )
+}
 BARE = "bare_pytorch_dense"
 BATCH, CONTEXT, VOCAB = 64, 128, 65
 
