@@ -1,8 +1,11 @@
 """Two-process CPU DDP (gloo) through cli.py: the stacked ddp.yaml add-on runs, ranks draw different
-batches and end with identical parameters, with find_unused_parameters off."""
+batches and end with identical parameters, with find_unused_parameters off, for every parameterization at once
+(a test callback swaps single layers: one run instead of one per parameterization, each run costing two fresh
+processes)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,45 +38,49 @@ def run_ddp(tmp_path: Path, text_file: Path, config: str, extra: list[str]) -> l
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
-@pytest.mark.parametrize(
-    "config, extra",
-    [
-        ("configs/dct4x.yaml", []),
-        ("configs/dct2x.yaml", ["--model.parameterization.init_args.selection", "random"]),
-    ],
-    ids=["dct-lowpass", "dct-random"],
-)
-def test_two_rank_ddp_keeps_coefficients_identical_and_batches_different(
-    tmp_path: Path, text_file: Path, config: str, extra: list[str]
+# Layers of a 2-layer model swapped to other parameterizations (the rest stay the config's low-pass DCT): one
+# two-rank run covers DCT low-pass and random, Monarch, sparse + low-rank and Kronecker.
+MIXED = {
+    "blocks.0.attn.proj": {
+        "class_path": "spectral_lightning.DCT",
+        "init_args": {"compression": 2, "selection": "random"},
+    },
+    "blocks.0.mlp.fc": "monarch",
+    "blocks.0.mlp.proj": "sparse_lowrank",
+    "blocks.1.attn.qkv": "kronecker",
+}
+# the parameters each class defines its weight with
+OWN = {"DCTLinear": (".coef",), "MonarchLinear": (".L", ".R"), "SparseLowRankLinear": (".A", ".B", ".S"),
+       "KroneckerLinear": (".A", ".B")}  # fmt: skip
+
+
+def test_two_rank_ddp_keeps_every_parameterization_identical_and_batches_different(
+    tmp_path: Path, text_file: Path
 ) -> None:
-    rank0, rank1 = run_ddp(tmp_path, text_file, config, extra)
+    """Every parameter of every parameterization receives a gradient on every rank (find_unused_parameters stays
+    off), the ranks draw different batches and end identical after steps on them."""
+    extra = ["--model.n_layer", "2", "--trainer.callbacks+=helpers_ddp.Reparameterize",
+             f"--trainer.callbacks.layers={json.dumps(MIXED)}"]  # fmt: skip
+    rank0, rank1 = run_ddp(tmp_path, text_file, "configs/dct4x.yaml", extra)
     assert (rank0["rank"], rank1["rank"]) == (0, 1)
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["strategy"] == "DDPStrategy"
     assert not rank0["ddp_kwargs"].get("find_unused_parameters", False)
     assert rank0["global_step"] == rank1["global_step"] == 3
+    # The layers are what the run asked for, on both ranks.
+    kinds = {"blocks.0.attn.proj": "DCTLinear", "blocks.0.mlp.fc": "MonarchLinear",
+             "blocks.0.mlp.proj": "SparseLowRankLinear", "blocks.1.attn.qkv": "KroneckerLinear"}  # fmt: skip
+    for name in ("blocks.0.attn.qkv", "blocks.1.attn.proj", "blocks.1.mlp.fc", "blocks.1.mlp.proj"):
+        kinds[name] = "DCTLinear"
+    assert {k: v for k, v in rank0["layers"].items() if k != "lm_head"} == kinds
+    assert rank1["layers"] == rank0["layers"]
+    for name, kind in kinds.items():
+        assert all(f"{name}{suffix}" in rank0["params"] for suffix in OWN[kind]), name
     # Different data on each rank, every step.
     b0, b1 = rank0["batches"], rank1["batches"]
     assert b0.shape == b1.shape == (3, 4, 17)
     assert all(not torch.equal(b0[i], b1[i]) for i in range(3))
     # Identical parameters at the end, after 3 optimizer steps on different batches.
     assert rank0["params"].keys() == rank1["params"].keys()
-    coef = [k for k in rank0["params"] if k.endswith(".coef")]
-    assert len(coef) == 4
     for name, value in rank0["params"].items():
         assert torch.equal(value, rank1["params"][name]), name
-
-
-@pytest.mark.parametrize("name", ["monarch", "sparse_lowrank", "kronecker"])
-def test_structured_baselines_train_under_ddp_with_identical_parameters(
-    tmp_path: Path, text_file: Path, name: str
-) -> None:
-    """Every parameter of the structured baselines receives a gradient on every rank (find_unused_parameters
-    stays off), and the ranks end identical after steps on different batches."""
-    rank0, rank1 = run_ddp(tmp_path, text_file, "configs/dct4x.yaml", ["--model.parameterization", name])
-    assert rank0["global_step"] == rank1["global_step"] == 3
-    assert not rank0["ddp_kwargs"].get("find_unused_parameters", False)
-    own = {"monarch": (".L", ".R"), "sparse_lowrank": (".A", ".B", ".S"), "kronecker": (".A", ".B")}[name]
-    assert sum(k.endswith(own) for k in rank0["params"]) == 4 * len(own)  # the 4 block linears' factors
-    for key, value in rank0["params"].items():
-        assert torch.equal(value, rank1["params"][key]), key
