@@ -3,6 +3,7 @@ wrote, and the test command is the one CI runs."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -82,19 +83,21 @@ def test_quick_start_then_generate_in_miniature(tmp_path: Path) -> None:
     assert set(out) <= set(text) | {"-", "\n"}
 
 
+@functools.cache
+def help_text(target: tuple[str, ...]) -> str:
+    """The ``--help`` of a command (``cli.py fit`` for ``cli.py``), once per command for the whole module: each
+    costs a fresh interpreter."""
+    command = [sys.executable, *target, *(["fit"] if target == ("cli.py",) else []), "--help"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300).stdout
+
+
 @pytest.mark.parametrize("name", ["Export", "Compress a trained dense model"])
 def test_documented_commands_name_real_options(name: str) -> None:
     """Every --option the README gives to cli.py or a module command is accepted by its parser."""
     for line in bash_lines(section(name)):
         args = shlex.split(line)
         target = args[1:3] if args[1] == "-m" else args[1:2]
-        helptext = subprocess.run(
-            [sys.executable, *target, *(["fit"] if target == ["cli.py"] else []), "--help"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        ).stdout
+        helptext = help_text(tuple(target))
         for option in (a for a in args if a.startswith("--") and a != "--config"):
             assert option.split("=")[0] in helptext, f"{option} is not an option of {' '.join(target)}"
 
