@@ -49,10 +49,21 @@ def test_available_lists_the_builtins_sorted() -> None:
     assert (Dense.name, DCT.name, LowRank.name) == ("dense", "dct", "lowrank")
 
 
-def test_importing_the_package_registers_the_builtins() -> None:
-    code = "import spectral_lightning.parameterizations as p; print(','.join(p.available()))"
+def test_importing_the_package_registers_the_builtins_without_importing_lightning() -> None:
+    """In a fresh interpreter: the built-ins are registered by the import alone, and the package's plain-torch
+    half (parameterizations, ``parameterize``, the models) does not import Lightning; ``SpectralLM`` does, on
+    first use."""
+    code = (
+        "import sys, spectral_lightning as s, spectral_lightning.parameterizations as p\n"
+        "print(','.join(p.available()))\n"
+        "print('lightning' in sys.modules)\n"
+        "print(s.SpectralLM.__module__, 'lightning' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert set(BUILTINS) <= set(out.stdout.strip().split(","))
+    names, before, after = out.stdout.strip().splitlines()
+    assert set(BUILTINS) <= set(names.split(","))
+    assert before == "False"
+    assert after == "spectral_lightning.module True"
 
 
 def test_register_get_and_unregister(toy: str) -> None:
