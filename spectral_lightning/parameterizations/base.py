@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.parameterizations.adaptive import SupportSchedule, remap
+from spectral_lightning.parameterizations.adaptive import MovingSupportMixin, SupportSchedule
 from spectral_lightning.parameterizations.options import (  # noqa: F401 (re-exported: part of the contract)
     check_compression,
     check_int,
@@ -224,7 +224,7 @@ def batched_weights(groups: Sequence[Sequence[ReconstructedLinear]], tokens: int
                 layer._batched = None
 
 
-class OrthonormalCoefficientLinear(ReconstructedLinear):
+class OrthonormalCoefficientLinear(MovingSupportMixin, ReconstructedLinear):
     """W = P_mᵀ X P_n for orthonormal bases P_m (m×m), P_n (n×n), with K trainable entries of X stored at
     fixed ``positions`` (flat, row-major indices into m×n) and zeros elsewhere.
 
@@ -236,7 +236,9 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
     With a ``support`` schedule the positions move during training
     (:mod:`~spectral_lightning.parameterizations.adaptive`): the layer then uses the full bases (ra = m, cb = n:
     growth can happen anywhere), stores a flat ``coef`` of shape (K,) and keeps ``positions`` (sorted) as a
-    persistent buffer, so checkpoints and exports restore the support; ``support_moves`` is True.
+    persistent buffer, so checkpoints and exports restore the support; ``support_moves`` is True. The methods an
+    update calls (the gradient probe, ``set_support``) come from
+    :class:`~spectral_lightning.parameterizations.adaptive.MovingSupportMixin`.
 
     Args:
         in_features: n.
@@ -347,63 +349,6 @@ class OrthonormalCoefficientLinear(ReconstructedLinear):
             return first._synthesize(torch.stack([layer.coefficient_matrix() for layer in layers]))  # (L, m, n)
         coef = torch.stack([layer.coef for layer in layers])  # (L, ra, cb) or (L, k)
         return first._synthesize(first.coefficient_matrix(coef))  # (L, m, n)
-
-    # -- moving supports (adaptive.py holds the update maths) ----------------------------------------------
-    def arm_gradient_probe(self) -> None:
-        """Capture Ĝ = P_m (∂L/∂W) P_nᵀ in the coming backward passes (until disarmed; they add up): the
-        coefficients are scattered into a zero m×n tensor that requires grad instead of plain zeros, which leaves
-        the forward bit for bit unchanged and costs no extra product."""
-        if not self.support_moves:
-            raise ConfigError(f"{type(self).__name__} has a fixed support (update_every=None): nothing to capture")
-        if self._probe is None:
-            dtype = self.basis_in.dtype
-            self._probe = torch.zeros(self.ra * self.cb, dtype=dtype, device=self.coef.device, requires_grad=True)
-
-    def disarm_gradient_probe(self) -> None:
-        """Stop capturing and forget the captured gradient."""
-        self._probe = None
-
-    def coefficient_gradient(self) -> Tensor | None:
-        """Ĝ (m, n) accumulated since :meth:`arm_gradient_probe`, zero at the stored positions; None when
-        unarmed or before a backward pass."""
-        grad = None if self._probe is None else self._probe.grad
-        return None if grad is None else grad.view(self.ra, self.cb)
-
-    @torch.no_grad()
-    def set_support(self, positions: Tensor, source: Tensor) -> None:
-        """Move to sorted flat ``positions``; ``source[i]`` is the old index of the coefficient now at
-        ``positions[i]``, or -1 for a grown one (starts at 0). The ``coef`` Parameter stays the same object (the
-        optimizer keeps its reference); its size changes when K does (global budget)."""
-        coef = self.coef.detach()
-        new = remap(coef, source.to(coef.device))
-        if new.shape == coef.shape:  # in place: DDP's buffers and the optimizer see the same tensors
-            self.coef.copy_(new)
-            self.positions.copy_(positions)
-        else:
-            self.coef.data = new
-            self.coef.grad = None  # a gradient of the old size means nothing now
-            self.positions = positions.to(self.positions.device)
-        self.k = positions.numel()
-        self._cache = None
-
-    def _load_from_state_dict(self, state_dict, prefix, *args):  # noqa: ANN001, ANN002, ANN202 (nn.Module signature)
-        saved = state_dict.get(prefix + "positions")
-        if self.support_moves and isinstance(saved, Tensor) and saved.dim() == 1 and saved.numel() != self.k:
-            # Under a global budget a trained layer's K differs from a freshly built one's: take the saved size.
-            self.coef.data = self.coef.data.new_zeros(saved.numel())
-            self.positions = self.positions.new_zeros(saved.numel())
-            self.k = saved.numel()
-        super()._load_from_state_dict(state_dict, prefix, *args)
-        self._cache = None
-
-    def extra_repr(self) -> str:
-        if not self.support_moves:
-            return super().extra_repr()
-        s = self.support
-        return (
-            f"{super().extra_repr()}, support moves every {s.update_every} steps until {s.update_until:g} "
-            f"(drop {s.drop_fraction:g}, grow {s.grow}, budget {s.budget})"
-        )
 
     def _load_dense_weight(self, weight: Tensor) -> None:
         # The coefficients of W (W = P_mᵀ X P_n) in the ra×cb corner that holds the positions: only the first ra
