@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import REPO, make_text
 from lightning import LightningDataModule
 
@@ -114,19 +115,49 @@ LLAMA_DEBUG = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", 
                "--trainer.enable_progress_bar", "false"]  # fmt: skip
 
 
-def test_llama_configs_are_the_papers_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llama_configs_are_the_papers_shapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each size's dense config builds the paper's shapes on BPE tokens; the other configs of that size print the
+    same options except the parameterization and the run's name (so they build the same shapes, and the full-size
+    models need not be built eight times)."""
     monkeypatch.chdir(tmp_path)  # the token shards of README.md go to data/README here
     assert {c.parent.name for c in LLAMA_CONFIGS} == {"llama60m", "llama130m"}
     assert {c.stem for c in LLAMA_CONFIGS} == {"dense", "dct2x", "dct4x", "lowrank"}
     shapes = {"llama60m": (8, 8, 512, 1376), "llama130m": (12, 12, 768, 2048)}
-    for config in LLAMA_CONFIGS:
-        cli = cli_main(["--config", str(config), "--data.path", str(REPO / "README.md")], run=False)
+    for size, shape in shapes.items():
+        args = ["--config", str(REPO / "configs" / size / "dense.yaml"), "--data.path", str(REPO / "README.md")]
+        cli = cli_main(args, run=False)
         hp, data = cli.model.hparams, cli.datamodule
         assert hp.architecture == "llama" and data.hparams.block_size == 256
         # Subword tokens: a 32,000-token BPE asked for; README.md alone supports fewer merges.
         assert isinstance(data, TokenDataModule) and data.hparams.vocab_size == 32_000
         assert data.out == Path("data/README") and 257 < len(data.tokenizer) <= 32_000
-        assert (hp.n_layer, hp.n_head, hp.n_embd, cli.model.model.config.mlp_hidden) == shapes[config.parent.name]
+        assert (hp.n_layer, hp.n_head, hp.n_embd, cli.model.model.config.mlp_hidden) == shape
+        dense = printed_options(args, capsys)
+        for config in (c for c in LLAMA_CONFIGS if c.parent.name == size and c.stem != "dense"):
+            options = printed_options(["--config", str(config), *args[2:]], capsys)
+            differ = {k for k in dense.keys() | options.keys() if dense.get(k) != options.get(k)}
+            assert {k.split(".")[1] for k in differ} == {"parameterization", "logger"}, (config, sorted(differ))
+            assert options["trainer.logger.init_args.name"] == f"{size}-{config.stem}"
+
+
+def printed_options(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    """What ``fit <args> --print_config`` prints (no model is built), flattened to dotted keys."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (None, 0)
+    flat: dict[str, object] = {}
+
+    def walk(value: object, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = value
+
+    walk(yaml.safe_load(capsys.readouterr().out), "")
+    return flat
 
 
 @pytest.mark.parametrize("config", [c for c in LLAMA_CONFIGS if c.parent.name == "llama60m"], ids=lambda c: c.stem)
