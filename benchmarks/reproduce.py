@@ -529,6 +529,9 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
         "run_dir": str(directory),
         "description": spec.description,
         "tag": budget.tag,
+        # every validation as [step, val loss], the latest where a resumed run logged a step twice (metrics.json
+        # only): the curve outlives the event files, which are not kept
+        "val_curve": [list(point) for point in {step: round(value, 5) for _, step, value in val}.items()],
     }
     # Runs whose supports move: the mean share of positions changed per update, and under a global budget each
     # layer's [starting K, final K] (metrics.json only; a fixed-support run's row gains no key).

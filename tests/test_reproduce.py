@@ -426,6 +426,12 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) > 0
         assert row["command"].startswith("cli.py fit --config configs/")
         assert (Path(row["run_dir"]) / "checkpoints" / "last.ckpt").is_file()
+        # metrics.json keeps the whole validation curve, ending at the final loss with the best in it
+        curve = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())["val_curve"]
+        steps = [step for step, _ in curve]
+        assert steps and steps == sorted(set(steps))
+        assert curve[-1][1] == pytest.approx(final, abs=1e-5)
+        assert min(v for _, v in curve) == pytest.approx(best, abs=1e-5)
 
     # A toy budget writes its own summary; only the paper's 5,000-step budget writes summary.md.
     (summary_md,) = out.glob("summary*.md")
