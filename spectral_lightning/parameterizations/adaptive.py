@@ -166,6 +166,7 @@ class MovingSupportMixin:
     k: int
     ra: int
     cb: int
+    basis_in: Tensor
     _probe: Tensor | None
 
     def arm_gradient_probe(self) -> None:
