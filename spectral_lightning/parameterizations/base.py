@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.parameterizations.adaptive import MovingSupportMixin, SupportSchedule
+from spectral_lightning.parameterizations.adaptive import SupportSchedule
+from spectral_lightning.parameterizations.moving import MovingSupportMixin
 from spectral_lightning.parameterizations.options import (  # noqa: F401 (re-exported: part of the contract)
     check_compression,
     check_int,
@@ -238,7 +239,7 @@ class OrthonormalCoefficientLinear(MovingSupportMixin, ReconstructedLinear):
     growth can happen anywhere), stores a flat ``coef`` of shape (K,) and keeps ``positions`` (sorted) as a
     persistent buffer, so checkpoints and exports restore the support; ``support_moves`` is True. The methods an
     update calls (the gradient probe, ``set_support``) come from
-    :class:`~spectral_lightning.parameterizations.adaptive.MovingSupportMixin`.
+    :class:`~spectral_lightning.parameterizations.moving.MovingSupportMixin`.
 
     Args:
         in_features: n.
