@@ -1,4 +1,4 @@
-"""Helpers the test modules share: ``from helpers import REPO, make_text, quiet_trainer, strategy_cases``.
+"""Helpers the test modules share: ``from helpers import REPO, make_text, printed_config, quiet_trainer``.
 
 A plain module, not ``conftest.py``: pytest puts ``tests/`` on ``sys.path`` (``pythonpath`` in pyproject.toml),
 so every test module imports these one way, and a CLI subprocess given ``PYTHONPATH=tests`` can import them too
@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
+import yaml
 
 from spectral_lightning import available
+from spectral_lightning.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,3 +58,11 @@ def quiet_trainer(**options: object) -> L.Trainer:
         limit_val_batches=0,
     )
     return L.Trainer(**{**defaults, **options})
+
+
+def printed_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    """What ``cli.py fit <args> --print_config`` prints: every option of the run, as a dict."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (None, 0)
+    return yaml.safe_load(capsys.readouterr().out)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, make_text, quiet_trainer
+from helpers import REPO, make_text, printed_config, quiet_trainer
 from lightning.pytorch.callbacks import ProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -63,14 +63,6 @@ def tiny_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_paper_config_is_present() -> None:
     assert {c.stem for c in CONFIGS} >= PAPER_CONFIGS
-
-
-def printed_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
-    """What ``cli.py fit <args> --print_config`` prints: every option of the run, as a dict."""
-    with pytest.raises(SystemExit) as exit_:
-        cli_main(["fit", *args, "--print_config"])
-    assert exit_.value.code in (None, 0)
-    return yaml.safe_load(capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
