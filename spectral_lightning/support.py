@@ -150,12 +150,13 @@ def _layer_names(pl_module: L.LightningModule, layers: list[MovingSupport]) -> l
 def _rewrap_ddp(strategy: DDPStrategy) -> None:
     """Wrap the module in a new DistributedDataParallel: DDP sizes its gradient buckets from the Parameters once, and
     a global budget has just resized some of them. (Identical supports on every rank: the new wrapper's broadcast
-    of rank 0's state changes nothing.)"""
+    of rank 0's state changes nothing.) ``configure_ddp`` is the strategy's own public wrapping step: the same
+    device ids, DDP options and communication hooks as at start-up."""
     wrapped = strategy.model
     if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         return
     module = wrapped.module
     strategy.model = None  # drop the old wrapper (and the autograd hooks of its reducer) before building the next
     del wrapped
-    strategy.model = strategy._setup_model(module)
-    strategy._register_ddp_hooks()
+    strategy.model = module
+    strategy.configure_ddp()
