@@ -3,7 +3,10 @@ wrote, and the test command is the one CI runs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
+import io
 import os
 import re
 import shlex
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, make_text
+
+from spectral_lightning.cli import cli_main
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 # The README is the front page; the guide holds the longer sections (generate, export, conversion, ...).
@@ -85,10 +90,18 @@ def test_quick_start_then_generate_in_miniature(tmp_path: Path) -> None:
 
 @functools.cache
 def help_text(target: tuple[str, ...]) -> str:
-    """The ``--help`` of a command (``cli.py fit`` for ``cli.py``), once per command for the whole module: each
-    costs a fresh interpreter."""
-    command = [sys.executable, *target, *(["fit"] if target == ("cli.py",) else []), "--help"]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300).stdout
+    """The ``--help`` of a command (``cli.py fit`` for ``cli.py``, ``-m <module>`` for a module command), from its
+    own parser in this process (the real processes are run above and in test_cli), once per command."""
+    if target == ("cli.py",):
+        main, argv = cli_main, ["fit", "--help"]
+    else:
+        assert target[0] == "-m", target
+        main, argv = importlib.import_module(target[1]).main, ["--help"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code in (0, None), f"{' '.join(target)} --help exited with {exit_info.value.code}"
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("name", ["Export", "Compress a trained dense model"])
