@@ -155,8 +155,6 @@ def _rewrap_ddp(strategy: DDPStrategy) -> None:
     wrapped = strategy.model
     if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         return
-    module = wrapped.module
-    strategy.model = None  # drop the old wrapper (and the autograd hooks of its reducer) before building the next
+    strategy.model = wrapped.module  # the old wrapper (and its reducer's autograd hooks) go before the next is built
     del wrapped
-    strategy.model = module
     strategy.configure_ddp()
