@@ -8,6 +8,9 @@ conftest.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -60,9 +63,16 @@ def quiet_trainer(**options: object) -> L.Trainer:
     return L.Trainer(**{**defaults, **options})
 
 
-def printed_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+def exit_output(main: Callable[[list[str]], object], argv: list[str]) -> str:
+    """What a command's ``main(argv)`` prints to stdout when it ends by exiting cleanly (``--help``,
+    ``--print_config``), run in this process."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code in (None, 0), f"{argv} exited with {exit_.value.code}"
+    return out.getvalue()
+
+
+def printed_config(args: list[str]) -> dict:
     """What ``cli.py fit <args> --print_config`` prints: every option of the run, as a dict."""
-    with pytest.raises(SystemExit) as exit_:
-        cli_main(["fit", *args, "--print_config"])
-    assert exit_.value.code in (None, 0)
-    return yaml.safe_load(capsys.readouterr().out)
+    return yaml.safe_load(exit_output(cli_main, ["fit", *args, "--print_config"]))

@@ -114,9 +114,7 @@ LLAMA_DEBUG = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", 
                "--trainer.enable_progress_bar", "false"]  # fmt: skip
 
 
-def test_llama_configs_are_the_papers_shapes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_llama_configs_are_the_papers_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each size's dense config builds the paper's shapes on BPE tokens; the other configs of that size print the
     same options except the parameterization and the run's name (so they build the same shapes, and the full-size
     models need not be built eight times)."""
@@ -133,15 +131,15 @@ def test_llama_configs_are_the_papers_shapes(
         assert isinstance(data, TokenDataModule) and data.hparams.vocab_size == 32_000
         assert data.out == Path("data/README") and 257 < len(data.tokenizer) <= 32_000
         assert (hp.n_layer, hp.n_head, hp.n_embd, cli.model.model.config.mlp_hidden) == shape
-        dense = printed_options(args, capsys)
+        dense = printed_options(args)
         for config in (c for c in LLAMA_CONFIGS if c.parent.name == size and c.stem != "dense"):
-            options = printed_options(["--config", str(config), *args[2:]], capsys)
+            options = printed_options(["--config", str(config), *args[2:]])
             differ = {k for k in dense.keys() | options.keys() if dense.get(k) != options.get(k)}
             assert {k.split(".")[1] for k in differ} == {"parameterization", "logger"}, (config, sorted(differ))
             assert options["trainer.logger.init_args.name"] == f"{size}-{config.stem}"
 
 
-def printed_options(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+def printed_options(args: list[str]) -> dict[str, object]:
     """What ``fit <args> --print_config`` prints (no model is built), flattened to dotted keys."""
     flat: dict[str, object] = {}
 
@@ -152,7 +150,7 @@ def printed_options(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict
         else:
             flat[prefix[:-1]] = value
 
-    walk(printed_config(args, capsys), "")
+    walk(printed_config(args), "")
     return flat
 
 

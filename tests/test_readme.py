@@ -3,10 +3,8 @@ wrote, and the test command is the one CI runs."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
-import io
 import os
 import re
 import shlex
@@ -15,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, make_text
+from helpers import REPO, exit_output, make_text
 
 from spectral_lightning.cli import cli_main
 
@@ -97,11 +95,7 @@ def help_text(target: tuple[str, ...]) -> str:
     else:
         assert target[0] == "-m", target
         main, argv = importlib.import_module(target[1]).main, ["--help"]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code in (0, None), f"{' '.join(target)} --help exited with {exit_info.value.code}"
-    return out.getvalue()
+    return exit_output(main, argv)
 
 
 @pytest.mark.parametrize("name", ["Export", "Compress a trained dense model"])
