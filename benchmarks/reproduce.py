@@ -25,6 +25,11 @@ Groups:
   that move from a random start, every layer keeping its K (``adaptive_c<c>``, configs/adaptive/dct4x.yaml) or
   the layers sharing one total (``adaptive_global_c<c>``, configs/adaptive/dct4x-global.yaml), plus the paper's
   dense as the reference. The fixed runs are shared with the sweep and paper groups.
+* ``tries``: one-option variants of the adaptive group's runs at c = 4, each a knob for closing the gap to dense:
+  the coefficients at twice the learning rate (``model.parameterized_lr_scale 2``; √c = 2 makes a step move W as
+  far, in Frobenius norm, as a dense step does) with moving (``adaptive_lr2_c4``) and fixed random
+  (``dct_random_lr2_c4``) supports, and moving supports from a low-pass start (``adaptive_lowpass_c4``). The
+  adaptive group's reference runs (dense, fixed and moving at c = 4) join them.
 
 Outputs (each written through a temporary file and a rename):
 
@@ -34,7 +39,8 @@ Outputs (each written through a temporary file and a rename):
   rank and training tokens/s relative to dense, per parameterization and compression; once tuning runs exist, a
   table of val loss per model and dropout with the best-tuned dense and dct4x compared; once adaptive runs exist,
   a table of fixed against moving supports per compression, with the gap to the best-tuned dense, and the final K
-  of each layer under the global budget as a share of its starting K);
+  of each layer under the global budget as a share of its starting K; once tries exist, each beside the run it
+  varies);
 * ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per parameterization
   (the adaptive runs included, the dropout variants left out; needs matplotlib).
 
@@ -56,6 +62,8 @@ Examples::
     python benchmarks/reproduce.py --groups tuning --steps 5000 --seeds 0 1 --device cpu --jobs 2
     # fixed against moving DCT supports at c = 4, 10, 20, two seeds on the CPU
     python benchmarks/reproduce.py --groups adaptive --steps 5000 --seeds 0 1 --device cpu --jobs 2
+    # one knob at a time on the c = 4 adaptive run (coefficient learning rate, starting selection)
+    python benchmarks/reproduce.py --groups tries --steps 5000 --seeds 0 --device cpu --jobs 2
 """
 
 from __future__ import annotations
@@ -145,6 +153,24 @@ ADAPTIVE_RUNS: dict[str, tuple[str, str, str]] = {
     "global": ("adaptive_global", "dct adaptive global", "adaptive/dct4x-global.yaml"),
 }
 ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
+# The tries group: (run name, table label, the run it varies: a support budget or "random" for the fixed random
+# support, its one change as options) at c = 4.
+TRIES_COMPRESSION = 4.0
+TRIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    (
+        "adaptive_lr2_c4",
+        "adaptive, per layer, coefficient lr × 2",
+        "per_layer",
+        ("--model.parameterized_lr_scale", "2"),
+    ),
+    ("dct_random_lr2_c4", "fixed random, coefficient lr × 2", "random", ("--model.parameterized_lr_scale", "2")),
+    (
+        "adaptive_lowpass_c4",
+        "adaptive, per layer, low-pass start",
+        "per_layer",
+        ("--model.parameterization.init_args.selection", "lowpass"),
+    ),
+)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "run",
@@ -260,15 +286,36 @@ def adaptive_spec(budget: str, c: float) -> RunSpec:
     )
 
 
+def try_base(base: str) -> RunSpec:
+    """The run a try varies: the fixed random support (``random``) or the adaptive run of support budget ``base``,
+    at c = 4."""
+    c = TRIES_COMPRESSION
+    return sweep_spec("dct_random", c) if base == "random" else adaptive_spec(base, c)
+
+
+def try_spec(name: str) -> RunSpec:
+    """The tries group's run ``name``: the adaptive group's run it varies at c = 4, with its one change; its own
+    label (the plot leaves these runs out: the Tries table holds them)."""
+    _, label, base, change = next(t for t in TRIES if t[0] == name)
+    spec = try_base(base)
+    return replace(
+        spec,
+        name=name,
+        parameterization=label,
+        overrides=spec.overrides + change,
+        description=f"{spec.description}, {label.rsplit(', ', 1)[-1]}",
+    )
+
+
 def build_grid(
     groups: Sequence[str],
     compressions: Sequence[float],
     baseline_compressions: Sequence[float] = BASELINE_COMPRESSIONS,
     adaptive_compressions: Sequence[float] = ADAPTIVE_COMPRESSIONS,
 ) -> list[RunSpec]:
-    """The runs of ``groups`` (``paper``, ``sweep``, ``baselines``, ``tuning``, ``adaptive``), each once, in a stable
-    order; ``compressions`` are the sweep's, ``baseline_compressions`` the baselines', ``adaptive_compressions``
-    the adaptive group's."""
+    """The runs of ``groups`` (``paper``, ``sweep``, ``baselines``, ``tuning``, ``adaptive``, ``tries``), each
+    once, in a stable order; ``compressions`` are the sweep's, ``baseline_compressions`` the baselines',
+    ``adaptive_compressions`` the adaptive group's (the tries group is at c = 4 only)."""
     runs: dict[str, RunSpec] = {}
 
     def add(spec: RunSpec, group: str) -> None:
@@ -300,6 +347,13 @@ def build_grid(
             add(sweep_spec("dct_random", float(c)), "adaptive")
             for budget in ADAPTIVE_RUNS:
                 add(adaptive_spec(budget, float(c)), "adaptive")
+    if "tries" in groups:
+        add(paper["dense"], "tries")
+        add(paper["dct4x"], "tries")
+        add(sweep_spec("dct_random", TRIES_COMPRESSION), "tries")
+        add(adaptive_spec("per_layer", TRIES_COMPRESSION), "tries")
+        for name, *_ in TRIES:
+            add(try_spec(name), "tries")
     return list(runs.values())
 
 
@@ -698,6 +752,7 @@ def summary_markdown(rows: list[dict], grid: list[RunSpec], budget: Budget, comm
     lines += baselines_markdown(runs, grid)
     lines += tuning_markdown(runs, grid)
     lines += adaptive_markdown(runs, grid)
+    lines += tries_markdown(runs)
     lines += [
         "Paper: v1 reports validation perplexity (dense 6.1; DCT 6.1 at 52% and 6.9 at 29% of the parameters; "
         "low-rank 8.8 at 21%); v2 reports validation loss (dense 1.580; DCT K = mn/2 1.604; rank-48 low-rank "
@@ -857,23 +912,7 @@ def adaptive_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[
     if not own:
         return []
     cs = sorted({s.compression for s in own})
-    tuning_ran = any(tuning_spec("dense", d).name in runs for d in TUNING_DROPOUTS if d)
-    if tuning_ran:
-        cell = tuned(runs, "dense")
-    else:
-        cell = (0.0, runs["dense"]) if "dense" in runs else None
-    if cell:
-        dropout, rs = cell
-        reference = statistics.fmean(r["best_val_loss"] for r in rs)
-        name = tuning_spec("dense", dropout).name
-        which = (
-            f"the best-tuned dense (`{name}`, dropout {dropout:g})"
-            if tuning_ran
-            else "the paper's dense run (dropout 0; no tuning run has finished)"
-        )
-        which += f", best val loss {reference:.3f}"
-    else:
-        reference, which = math.nan, "no dense run has finished: no gap"
+    reference, which = dense_reference(runs)
     lines = [
         "## Adaptive frequency support",
         "",
@@ -914,6 +953,64 @@ def adaptive_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[
     return lines + support_k_markdown(runs, cs)
 
 
+def dense_reference(runs: dict[str, list[dict]]) -> tuple[float, str]:
+    """The dense best val loss the gaps are measured from, and a phrase that names it: the best-tuned dense's mean
+    (the tuning group's runs) once a dense run with dropout has finished, else the paper dense run's; NaN with
+    no dense run."""
+    tuning_ran = any(tuning_spec("dense", d).name in runs for d in TUNING_DROPOUTS if d)
+    cell = tuned(runs, "dense") if tuning_ran else ((0.0, runs["dense"]) if "dense" in runs else None)
+    if not cell:
+        return math.nan, "no dense run has finished: no gap"
+    dropout, rs = cell
+    reference = statistics.fmean(r["best_val_loss"] for r in rs)
+    which = (
+        f"the best-tuned dense (`{tuning_spec('dense', dropout).name}`, dropout {dropout:g})"
+        if tuning_ran
+        else "the paper's dense run (dropout 0; no tuning run has finished)"
+    )
+    return reference, f"{which}, best val loss {reference:.3f}"
+
+
+def tries_markdown(runs: dict[str, list[dict]]) -> list[str]:
+    """The tries table: each one-option variant beside the run it varies (same seeds only, so the difference is
+    paired), with the gap to the dense reference; nothing when no try has finished."""
+    done = [(name, label, base) for name, label, base, _ in TRIES if name in runs]
+    if not done:
+        return []
+    reference, which = dense_reference(runs)
+    lines = [
+        "## Tries at c = 4",
+        "",
+        "One option changed on a c = 4 run (the adaptive group's per-layer run, or the fixed random one). Best val "
+        "loss, mean over the n seeds; base: the unchanged run's best val loss on the same seeds; Δ: try minus base "
+        f"(negative: the change helped); gap: best val loss minus that of {which}.",
+        "",
+        "| try | % of dense | best val loss | final val loss | base | Δ | gap | stable rank | n |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, label, base in done:
+        rs = runs[name]
+        base_name = try_base(base).name
+        base_by_seed = {r["seed"]: r for r in runs.get(base_name, [])}
+        paired = [(r, base_by_seed[r["seed"]]) for r in rs if r["seed"] in base_by_seed]
+        best = statistics.fmean(r["best_val_loss"] for r in rs)
+        if paired:
+            base_best = statistics.fmean(b["best_val_loss"] for _, b in paired)
+            delta = statistics.fmean(r["best_val_loss"] - b["best_val_loss"] for r, b in paired)
+            base_cell, delta_cell = f"{base_best:.3f} (`{base_name}`)", f"{delta:+.3f}"
+        else:
+            base_cell, delta_cell = f"– (`{base_name}`)", "–"
+        gap = best - reference
+        lines.append(
+            f"| {label} | {rs[0]['pct_of_dense']:.1f}% | {mean_std([r['best_val_loss'] for r in rs])} "
+            f"| {mean_std([r['final_val_loss'] for r in rs])} | {base_cell} | {delta_cell} "
+            f"| {'–' if math.isnan(gap) else f'{gap:+.3f}'} | {mean_std([r['mean_stable_rank'] for r in rs], 1)} "
+            f"| {len(rs)} |"
+        )
+    lines.append("")
+    return lines
+
+
 def support_k_markdown(runs: dict[str, list[dict]], cs: Sequence[float]) -> list[str]:
     """Under the global budget, each layer's final K as a share of its starting K, one column per compression
     (mean over the seeds whose metrics hold ``support_k``); nothing when no global-budget run has finished."""
@@ -944,9 +1041,10 @@ def support_k_markdown(runs: dict[str, list[dict]], cs: Sequence[float]) -> list
 
 def plot_points(rows: list[dict]) -> dict[str, list[tuple[float, float, float]]]:
     """The plot's lines: per parameterization label, (% of dense, mean, std of final val loss over seeds) per run,
-    by increasing share. The tuning group's dropout variants are left out: the plot compares parameterizations at
-    the paper's settings (the Tuning table holds them)."""
+    by increasing share. The tuning group's dropout variants and the tries are left out: the plot compares
+    parameterizations at the paper's settings (the Tuning and Tries tables hold them)."""
     variants = {tuning_spec(m, d).parameterization for m in TUNING_MODELS for d in TUNING_DROPOUTS if d}
+    variants |= {label for _, label, *_ in TRIES}
     points: dict[str, dict[float, list[float]]] = {}
     for run in by_run(rows).values():
         if run[0]["parameterization"] in variants:
@@ -1011,7 +1109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--groups",
         nargs="+",
-        choices=("paper", "sweep", "baselines", "tuning", "adaptive"),
+        choices=("paper", "sweep", "baselines", "tuning", "adaptive", "tries"),
         default=["paper", "sweep"],
     )
     parser.add_argument(

@@ -263,7 +263,7 @@ def test_adaptive_grid_shares_the_fixed_supports(text_file: Path, capsys: pytest
 # Each run's plot/table label, as its spec gives it (``dense (dropout 0.1)``, ``dct adaptive global``, ...).
 LABELS = {
     s.name: s.parameterization
-    for s in reproduce.build_grid(["paper", "sweep", "tuning", "adaptive"], [4, 10, 20], [], [4, 10, 20])
+    for s in reproduce.build_grid(["paper", "sweep", "tuning", "adaptive", "tries"], [4, 10, 20], [], [4, 10, 20])
 }
 
 
@@ -358,6 +358,56 @@ def test_adaptive_table_gap_to_the_best_tuned_dense():
     points = reproduce.plot_points(ADAPTIVE_ROWS)
     assert points["dct adaptive"] == [(28.3, pytest.approx(1.73), pytest.approx(math.sqrt(2e-4)))]
     assert set(points) == {"dense", "dct lowpass", "dct random", "dct adaptive", "dct adaptive global"}
+
+
+def test_tries_change_one_option_of_the_c4_runs(text_file: Path, capsys: pytest.CaptureFixture[str]):
+    grid = reproduce.build_grid(["tries"], [2, 10], [10], [10, 20])  # the other groups' compressions do not apply
+    assert [s.name for s in grid] == [
+        "dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_lr2_c4", "dct_random_lr2_c4", "adaptive_lowpass_c4"
+    ]  # fmt: skip
+    by_name = {s.name: s for s in grid}
+    # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
+    adaptive = {s.name: s for s in reproduce.build_grid(["adaptive"], [], [], [4])}
+    for name in ("dense", "dct4x", "dct_random_c4", "adaptive_c4"):
+        assert by_name[name] == adaptive[name]
+    everything = {s.name: s for s in reproduce.build_grid(["adaptive", "tries"], [], [], [4])}
+    assert everything["adaptive_c4"].groups == ("adaptive", "tries")
+    # Each try is its base run's command plus one change, which reaches the model.
+    lr2 = by_name["adaptive_lr2_c4"]
+    assert lr2.config == "adaptive/dct4x.yaml" and lr2.compression == 4.0
+    assert lr2.overrides == by_name["adaptive_c4"].overrides + ("--model.parameterized_lr_scale", "2")
+    printed = print_config(lr2, text_file, capsys)["model"]
+    assert printed["parameterized_lr_scale"] == 2.0 and printed["parameterization"]["init_args"]["update_every"] == 100
+    fixed = print_config(by_name["dct_random_lr2_c4"], text_file, capsys)["model"]
+    assert fixed["parameterized_lr_scale"] == 2.0
+    assert fixed["parameterization"]["init_args"]["selection"] == "random"
+    assert fixed["parameterization"]["init_args"]["update_every"] is None
+    lowpass = print_config(by_name["adaptive_lowpass_c4"], text_file, capsys)["model"]
+    assert lowpass["parameterized_lr_scale"] == 1.0
+    assert lowpass["parameterization"]["init_args"]["selection"] == "lowpass"
+    assert lowpass["parameterization"]["init_args"]["update_every"] == 100
+
+
+def test_tries_table_pairs_each_try_with_its_base_by_seed():
+    rows = ADAPTIVE_ROWS + [
+        scored("adaptive_lr2_c4", 0, 1.69, 1.61),  # base adaptive_c4 seed 0: best 1.65
+        scored("dct_random_lr2_c4", 0, 1.75, 1.70), scored("dct_random_lr2_c4", 2, 1.79, 1.74),  # base: seed 0 only
+        scored("adaptive_lowpass_c4", 5, 1.70, 1.64),  # no base run on seed 5
+    ]  # fmt: skip
+    grid = reproduce.build_grid(["paper", "adaptive", "tries"], [], [], [4])
+    md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    # try, % of dense, best, final, base (same seeds), delta, gap to the paper dense (best 1.550), stable rank, n
+    assert table(md, "Tries at c = 4") == [
+        ["adaptive, per layer, coefficient lr × 2", "28.3%", "1.610", "1.690", "1.650 (`adaptive_c4`)", "-0.040",
+         "+0.060", "10.0", "1"],
+        ["fixed random, coefficient lr × 2", "28.3%", "1.720 ± 0.028", "1.770 ± 0.028", "1.760 (`dct_random_c4`)",
+         "-0.060", "+0.170", "10.0 ± 0.0", "2"],
+        ["adaptive, per layer, low-pass start", "28.3%", "1.640", "1.700", "– (`adaptive_c4`)", "–", "+0.090",
+         "10.0", "1"],
+    ]  # fmt: skip
+    # The tries stay out of the plot, like the dropout variants, and out of the report until one has finished.
+    assert set(reproduce.plot_points(rows)) == set(reproduce.plot_points(ADAPTIVE_ROWS))
+    assert "## Tries" not in reproduce.summary_markdown(ADAPTIVE_ROWS, grid, reproduce.Budget(5000, "cpu", ()), "x")
 
 
 def test_final_k_per_layer_from_the_event_file(tmp_path: Path):
