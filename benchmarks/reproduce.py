@@ -920,8 +920,9 @@ def adaptive_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[
         "start, drop the smallest and grow where the gradient is largest every 100 steps until 75% of training; "
         "per layer: each layer keeps its K; global: the layers share one total). Val loss and stable rank as above, "
         f"mean ± std over the n seeds; gap: mean best val loss minus that of {which}; × random: tokens/s over the "
-        "fixed random runs' of the same c on the same machine; changed: mean share of positions changed per "
-        "support update.",
+        "fixed random runs' of the same c on the same machine (each run's own average, so it also carries how "
+        "busy the machine was: the cost of the updates alone is measured by benchmarks/adaptive_overhead.py); "
+        "changed: mean share of positions changed per support update.",
         "",
         "| selection | c | % of dense | best val loss | final val loss | gap | stable rank | tokens/s | × random "
         "| changed | n |",
