@@ -27,9 +27,9 @@ Groups:
   dense as the reference. The fixed runs are shared with the sweep and paper groups.
 * ``tries``: one-option variants of the adaptive group's runs at c = 4, each a knob for closing the gap to dense:
   the coefficients at twice the learning rate (``model.parameterized_lr_scale 2``; √c = 2 makes a step move W as
-  far, in Frobenius norm, as a dense step does) with moving (``adaptive_lr2_c4``) and fixed random
-  (``dct_random_lr2_c4``) supports, and moving supports from a low-pass start (``adaptive_lowpass_c4``). The
-  adaptive group's reference runs (dense, fixed and moving at c = 4) join them.
+  far, in Frobenius norm, as a dense step does) with moving supports, per layer (``adaptive_lr2_c4``) or global
+  (``adaptive_global_lr2_c4``), and fixed random ones (``dct_random_lr2_c4``), and moving supports from a
+  low-pass start (``adaptive_lowpass_c4``). The adaptive group's runs at c = 4 join them as references.
 
 Outputs (each written through a temporary file and a rename):
 
@@ -161,6 +161,12 @@ TRIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "adaptive_lr2_c4",
         "adaptive, per layer, coefficient lr × 2",
         "per_layer",
+        ("--model.parameterized_lr_scale", "2"),
+    ),
+    (
+        "adaptive_global_lr2_c4",
+        "adaptive, global, coefficient lr × 2",
+        "global",
         ("--model.parameterized_lr_scale", "2"),
     ),
     ("dct_random_lr2_c4", "fixed random, coefficient lr × 2", "random", ("--model.parameterized_lr_scale", "2")),
@@ -351,7 +357,8 @@ def build_grid(
         add(paper["dense"], "tries")
         add(paper["dct4x"], "tries")
         add(sweep_spec("dct_random", TRIES_COMPRESSION), "tries")
-        add(adaptive_spec("per_layer", TRIES_COMPRESSION), "tries")
+        for budget in ADAPTIVE_RUNS:
+            add(adaptive_spec(budget, TRIES_COMPRESSION), "tries")
         for name, *_ in TRIES:
             add(try_spec(name), "tries")
     return list(runs.values())

@@ -363,12 +363,13 @@ def test_adaptive_table_gap_to_the_best_tuned_dense():
 def test_tries_change_one_option_of_the_c4_runs(text_file: Path, capsys: pytest.CaptureFixture[str]):
     grid = reproduce.build_grid(["tries"], [2, 10], [10], [10, 20])  # the other groups' compressions do not apply
     assert [s.name for s in grid] == [
-        "dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_lr2_c4", "dct_random_lr2_c4", "adaptive_lowpass_c4"
+        "dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_global_c4",
+        "adaptive_lr2_c4", "adaptive_global_lr2_c4", "dct_random_lr2_c4", "adaptive_lowpass_c4",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
     adaptive = {s.name: s for s in reproduce.build_grid(["adaptive"], [], [], [4])}
-    for name in ("dense", "dct4x", "dct_random_c4", "adaptive_c4"):
+    for name in ("dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_global_c4"):
         assert by_name[name] == adaptive[name]
     everything = {s.name: s for s in reproduce.build_grid(["adaptive", "tries"], [], [], [4])}
     assert everything["adaptive_c4"].groups == ("adaptive", "tries")
@@ -378,6 +379,8 @@ def test_tries_change_one_option_of_the_c4_runs(text_file: Path, capsys: pytest.
     assert lr2.overrides == by_name["adaptive_c4"].overrides + ("--model.parameterized_lr_scale", "2")
     printed = print_config(lr2, text_file, capsys)["model"]
     assert printed["parameterized_lr_scale"] == 2.0 and printed["parameterization"]["init_args"]["update_every"] == 100
+    shared = print_config(by_name["adaptive_global_lr2_c4"], text_file, capsys)["model"]
+    assert shared["parameterized_lr_scale"] == 2.0 and shared["parameterization"]["init_args"]["budget"] == "global"
     fixed = print_config(by_name["dct_random_lr2_c4"], text_file, capsys)["model"]
     assert fixed["parameterized_lr_scale"] == 2.0
     assert fixed["parameterization"]["init_args"]["selection"] == "random"
@@ -391,6 +394,7 @@ def test_tries_change_one_option_of_the_c4_runs(text_file: Path, capsys: pytest.
 def test_tries_table_pairs_each_try_with_its_base_by_seed():
     rows = ADAPTIVE_ROWS + [
         scored("adaptive_lr2_c4", 0, 1.69, 1.61),  # base adaptive_c4 seed 0: best 1.65
+        scored("adaptive_global_lr2_c4", 0, 1.69, 1.61),  # no adaptive_global_c4 run: no delta
         scored("dct_random_lr2_c4", 0, 1.75, 1.70), scored("dct_random_lr2_c4", 2, 1.79, 1.74),  # base: seed 0 only
         scored("adaptive_lowpass_c4", 5, 1.70, 1.64),  # no base run on seed 5
     ]  # fmt: skip
@@ -399,6 +403,8 @@ def test_tries_table_pairs_each_try_with_its_base_by_seed():
     # try, % of dense, best, final, base (same seeds), delta, gap to the paper dense (best 1.550), stable rank, n
     assert table(md, "Tries at c = 4") == [
         ["adaptive, per layer, coefficient lr × 2", "28.3%", "1.610", "1.690", "1.650 (`adaptive_c4`)", "-0.040",
+         "+0.060", "10.0", "1"],
+        ["adaptive, global, coefficient lr × 2", "28.3%", "1.610", "1.690", "– (`adaptive_global_c4`)", "–",
          "+0.060", "10.0", "1"],
         ["fixed random, coefficient lr × 2", "28.3%", "1.720 ± 0.028", "1.770 ± 0.028", "1.760 (`dct_random_c4`)",
          "-0.060", "+0.170", "10.0 ± 0.0", "2"],
