@@ -935,7 +935,11 @@ def adaptive_markdown(runs: dict[str, list[dict]], grid: list[RunSpec]) -> list[
         "| changed | n |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    cells = [("dense", None, runs.get("dense", []))] + [
+    tuned_dense = tuned(runs, "dense")
+    dense_rows = [("dense", None, runs.get("dense", []))]
+    if tuned_dense and tuned_dense[0]:  # the reference is a dropout variant: its row too
+        dense_rows.append((f"dense, dropout {tuned_dense[0]:g}", None, tuned_dense[1]))
+    cells = dense_rows + [
         (label, c, runs.get(adaptive_selection_spec(key, kind, c).name, []))
         for c in cs
         for label, key, kind in ADAPTIVE_SELECTIONS
