@@ -993,9 +993,9 @@ def tries_markdown(runs: dict[str, list[dict]]) -> list[str]:
     lines = [
         "## Tries at c = 4",
         "",
-        "One option changed on a c = 4 run (the adaptive group's per-layer run, or the fixed random one). Best val "
-        "loss, mean over the n seeds; base: the unchanged run's best val loss on the same seeds; Δ: try minus base "
-        f"(negative: the change helped); gap: best val loss minus that of {which}.",
+        "One option changed on a c = 4 run (the adaptive group's per-layer or global run, or the fixed random "
+        "one). Best val loss, mean over the n seeds; base: the unchanged run's best val loss on the same seeds; "
+        f"Δ: try minus base (negative: the change helped); gap: best val loss minus that of {which}.",
         "",
         "| try | % of dense | best val loss | final val loss | base | Δ | gap | stable rank | n |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
