@@ -25,11 +25,14 @@ Groups:
   that move from a random start, every layer keeping its K (``adaptive_c<c>``, configs/adaptive/dct4x.yaml) or
   the layers sharing one total (``adaptive_global_c<c>``, configs/adaptive/dct4x-global.yaml), plus the paper's
   dense as the reference. The fixed runs are shared with the sweep and paper groups.
-* ``tries``: one-option variants of the adaptive group's runs at c = 4, each a knob for closing the gap to dense:
-  the coefficients at twice the learning rate (``model.parameterized_lr_scale 2``; √c = 2 makes a step move W as
-  far, in Frobenius norm, as a dense step does) with moving supports, per layer (``adaptive_lr2_c4``) or global
-  (``adaptive_global_lr2_c4``), and fixed random ones (``dct_random_lr2_c4``), and moving supports from a
-  low-pass start (``adaptive_lowpass_c4``). The adaptive group's runs at c = 4 join them as references.
+* ``tries``: one-option variants of the adaptive group's runs (or of another try), each a knob for closing the gap
+  to dense: at c = 4 the coefficients at twice the learning rate (``model.parameterized_lr_scale 2``; √c = 2 makes
+  a step move W as far, in Frobenius norm, as a dense step does) with moving supports, per layer
+  (``adaptive_lr2_c4``) or global (``adaptive_global_lr2_c4``), and fixed random ones (``dct_random_lr2_c4``);
+  moving supports from a low-pass start (``adaptive_lowpass_c4``); the global lr × 2 run with model dropout 0.1,
+  the tuned dense model's (``adaptive_global_lr2_do0.1_c4``); at c = 10 and 20 the global run with the lr scaled by
+  √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also with dropout 0.1. The runs they vary (the
+  adaptive group's, the fixed random one) join them as references, with dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
 
@@ -153,28 +156,60 @@ ADAPTIVE_RUNS: dict[str, tuple[str, str, str]] = {
     "global": ("adaptive_global", "dct adaptive global", "adaptive/dct4x-global.yaml"),
 }
 ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
-# The tries group: (run name, table label, the run it varies: a support budget or "random" for the fixed random
-# support, its one change as options) at c = 4.
-TRIES_COMPRESSION = 4.0
-TRIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+# The tries group: (run name, table label, the run it varies, its compression, its one change as options). The run
+# it varies is a support budget of the adaptive group ("per_layer", "global"), "random" for the fixed random support,
+# or an earlier try (a change stacked on that try). Coefficient lr scales are √c: an AdamW step then moves W as far,
+# in Frobenius norm, as a dense step does.
+TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
     (
         "adaptive_lr2_c4",
         "adaptive, per layer, coefficient lr × 2",
         "per_layer",
+        4.0,
         ("--model.parameterized_lr_scale", "2"),
     ),
     (
         "adaptive_global_lr2_c4",
         "adaptive, global, coefficient lr × 2",
         "global",
+        4.0,
         ("--model.parameterized_lr_scale", "2"),
     ),
-    ("dct_random_lr2_c4", "fixed random, coefficient lr × 2", "random", ("--model.parameterized_lr_scale", "2")),
+    ("dct_random_lr2_c4", "fixed random, coefficient lr × 2", "random", 4.0, ("--model.parameterized_lr_scale", "2")),
     (
         "adaptive_lowpass_c4",
         "adaptive, per layer, low-pass start",
         "per_layer",
+        4.0,
         ("--model.parameterization.init_args.selection", "lowpass"),
+    ),
+    (
+        "adaptive_global_lr2_do0.1_c4",
+        "adaptive, global, coefficient lr × 2, dropout 0.1",
+        "adaptive_global_lr2_c4",
+        4.0,
+        ("--model.dropout", "0.1"),
+    ),
+    (
+        "adaptive_global_lrsqrt_c10",
+        "adaptive, global, coefficient lr × √10",
+        "global",
+        10.0,
+        ("--model.parameterized_lr_scale", "3.162"),
+    ),
+    (
+        "adaptive_global_lrsqrt_do0.1_c10",
+        "adaptive, global, coefficient lr × √10, dropout 0.1",
+        "adaptive_global_lrsqrt_c10",
+        10.0,
+        ("--model.dropout", "0.1"),
+    ),
+    (
+        "adaptive_global_lrsqrt_c20",
+        "adaptive, global, coefficient lr × √20",
+        "global",
+        20.0,
+        ("--model.parameterized_lr_scale", "4.472"),
     ),
 )
 
@@ -292,18 +327,19 @@ def adaptive_spec(budget: str, c: float) -> RunSpec:
     )
 
 
-def try_base(base: str) -> RunSpec:
-    """The run a try varies: the fixed random support (``random``) or the adaptive run of support budget ``base``,
-    at c = 4."""
-    c = TRIES_COMPRESSION
-    return sweep_spec("dct_random", c) if base == "random" else adaptive_spec(base, c)
+def try_base(base: str, c: float) -> RunSpec:
+    """The run a try at compression ``c`` varies: the fixed random support (``random``), the adaptive run of
+    support budget ``base`` (``per_layer``, ``global``) or the try named ``base``."""
+    if base == "random":
+        return sweep_spec("dct_random", c)
+    return adaptive_spec(base, c) if base in ADAPTIVE_RUNS else try_spec(base)
 
 
 def try_spec(name: str) -> RunSpec:
-    """The tries group's run ``name``: the adaptive group's run it varies at c = 4, with its one change; its own
-    label (the plot leaves these runs out: the Tries table holds them)."""
-    _, label, base, change = next(t for t in TRIES if t[0] == name)
-    spec = try_base(base)
+    """The tries group's run ``name``: the run it varies, with its one change; its own label (the plot leaves
+    these runs out: the Tries table holds them)."""
+    _, label, base, c, change = next(t for t in TRIES if t[0] == name)
+    spec = try_base(base, c)
     return replace(
         spec,
         name=name,
@@ -321,12 +357,13 @@ def build_grid(
 ) -> list[RunSpec]:
     """The runs of ``groups`` (``paper``, ``sweep``, ``baselines``, ``tuning``, ``adaptive``, ``tries``), each
     once, in a stable order; ``compressions`` are the sweep's, ``baseline_compressions`` the baselines',
-    ``adaptive_compressions`` the adaptive group's (the tries group is at c = 4 only)."""
+    ``adaptive_compressions`` the adaptive group's (each try names its own compression)."""
     runs: dict[str, RunSpec] = {}
 
     def add(spec: RunSpec, group: str) -> None:
         old = runs.get(spec.name)
-        runs[spec.name] = replace(spec, groups=(old.groups if old else ()) + (group,))
+        groups = old.groups if old else ()
+        runs[spec.name] = replace(spec, groups=groups if group in groups else groups + (group,))
 
     paper = {name: paper_spec(name) for name, *_ in PAPER_RUNS}
     if "paper" in groups:
@@ -356,9 +393,9 @@ def build_grid(
     if "tries" in groups:
         add(paper["dense"], "tries")
         add(paper["dct4x"], "tries")
-        add(sweep_spec("dct_random", TRIES_COMPRESSION), "tries")
-        for budget in ADAPTIVE_RUNS:
-            add(adaptive_spec(budget, TRIES_COMPRESSION), "tries")
+        for _, _, base, c, _ in TRIES:  # the runs the tries vary join as references (a try's own base is a try)
+            if base == "random" or base in ADAPTIVE_RUNS:
+                add(try_base(base, c), "tries")
         for name, *_ in TRIES:
             add(try_spec(name), "tries")
     return list(runs.values())
@@ -986,23 +1023,22 @@ def dense_reference(runs: dict[str, list[dict]]) -> tuple[float, str]:
 def tries_markdown(runs: dict[str, list[dict]]) -> list[str]:
     """The tries table: each one-option variant beside the run it varies (same seeds only, so the difference is
     paired), with the gap to the dense reference; nothing when no try has finished."""
-    done = [(name, label, base) for name, label, base, _ in TRIES if name in runs]
+    done = [(name, label, try_base(base, c).name) for name, label, base, c, _ in TRIES if name in runs]
     if not done:
         return []
     reference, which = dense_reference(runs)
     lines = [
-        "## Tries at c = 4",
+        "## Tries",
         "",
-        "One option changed on a c = 4 run (the adaptive group's per-layer or global run, or the fixed random "
-        "one). Best val loss, mean over the n seeds; base: the unchanged run's best val loss on the same seeds; "
-        f"Δ: try minus base (negative: the change helped); gap: best val loss minus that of {which}.",
+        "One option changed on a run (the adaptive group's per-layer or global run, the fixed random one, or "
+        "another try). Best val loss, mean over the n seeds; base: the unchanged run's best val loss on the same "
+        f"seeds; Δ: try minus base (negative: the change helped); gap: best val loss minus that of {which}.",
         "",
         "| try | % of dense | best val loss | final val loss | base | Δ | gap | stable rank | n |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, label, base in done:
+    for name, label, base_name in done:
         rs = runs[name]
-        base_name = try_base(base).name
         base_by_seed = {r["seed"]: r for r in runs.get(base_name, [])}
         paired = [(r, base_by_seed[r["seed"]]) for r in rs if r["seed"] in base_by_seed]
         best = statistics.fmean(r["best_val_loss"] for r in rs)

@@ -362,16 +362,19 @@ def test_adaptive_table_gap_to_the_best_tuned_dense():
     assert set(points) == {"dense", "dct lowpass", "dct random", "dct adaptive", "dct adaptive global"}
 
 
-def test_tries_change_one_option_of_the_c4_runs(text_file: Path, capsys: pytest.CaptureFixture[str]):
+def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: pytest.CaptureFixture[str]):
     grid = reproduce.build_grid(["tries"], [2, 10], [10], [10, 20])  # the other groups' compressions do not apply
     assert [s.name for s in grid] == [
-        "dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_global_c4",
+        "dense", "dct4x", "adaptive_c4", "adaptive_global_c4", "dct_random_c4", "adaptive_global_c10",
+        "adaptive_global_c20",
         "adaptive_lr2_c4", "adaptive_global_lr2_c4", "dct_random_lr2_c4", "adaptive_lowpass_c4",
+        "adaptive_global_lr2_do0.1_c4", "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10",
+        "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
-    adaptive = {s.name: s for s in reproduce.build_grid(["adaptive"], [], [], [4])}
-    for name in ("dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_global_c4"):
+    adaptive = {s.name: s for s in reproduce.build_grid(["adaptive"], [], [], [4, 10, 20])}
+    for name in ("dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_global_c4", "adaptive_global_c10"):
         assert by_name[name] == adaptive[name]
     everything = {s.name: s for s in reproduce.build_grid(["adaptive", "tries"], [], [], [4])}
     assert everything["adaptive_c4"].groups == ("adaptive", "tries")
@@ -391,6 +394,19 @@ def test_tries_change_one_option_of_the_c4_runs(text_file: Path, capsys: pytest.
     assert lowpass["parameterized_lr_scale"] == 1.0
     assert lowpass["parameterization"]["init_args"]["selection"] == "lowpass"
     assert lowpass["parameterization"]["init_args"]["update_every"] == 100
+    # A try may stack its change on another try: the c = 4 global lr × 2 run, with the tuned dense model's dropout.
+    stacked = by_name["adaptive_global_lr2_do0.1_c4"]
+    assert stacked.overrides == by_name["adaptive_global_lr2_c4"].overrides + ("--model.dropout", "0.1")
+    printed = print_config(stacked, text_file, capsys)["model"]
+    assert printed["dropout"] == 0.1 and printed["parameterized_lr_scale"] == 2.0
+    assert printed["parameterization"]["init_args"]["budget"] == "global"
+    # At c = 10 and 20 the coefficient lr is scaled by √c, on the adaptive group's global run at that c.
+    for c in (10, 20):
+        run = by_name[f"adaptive_global_lrsqrt_c{c}"]
+        assert run.compression == c and run.config == "adaptive/dct4x-global.yaml"
+        printed = print_config(run, text_file, capsys)["model"]
+        assert printed["parameterized_lr_scale"] == pytest.approx(math.sqrt(c), abs=1e-3)
+        assert printed["parameterization"]["init_args"]["compression"] == c
 
 
 def test_tries_table_pairs_each_try_with_its_base_by_seed():
@@ -399,11 +415,12 @@ def test_tries_table_pairs_each_try_with_its_base_by_seed():
         scored("adaptive_global_lr2_c4", 0, 1.69, 1.61),  # no adaptive_global_c4 run: no delta
         scored("dct_random_lr2_c4", 0, 1.75, 1.70), scored("dct_random_lr2_c4", 2, 1.79, 1.74),  # base: seed 0 only
         scored("adaptive_lowpass_c4", 5, 1.70, 1.64),  # no base run on seed 5
+        scored("adaptive_global_lr2_do0.1_c4", 0, 1.60, 1.58),  # its base is the global lr × 2 try: 1.61
     ]  # fmt: skip
     grid = reproduce.build_grid(["paper", "adaptive", "tries"], [], [], [4])
     md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
     # try, % of dense, best, final, base (same seeds), delta, gap to the paper dense (best 1.550), stable rank, n
-    assert table(md, "Tries at c = 4") == [
+    assert table(md, "Tries") == [
         ["adaptive, per layer, coefficient lr × 2", "28.3%", "1.610", "1.690", "1.650 (`adaptive_c4`)", "-0.040",
          "+0.060", "10.0", "1"],
         ["adaptive, global, coefficient lr × 2", "28.3%", "1.610", "1.690", "– (`adaptive_global_c4`)", "–",
@@ -412,6 +429,8 @@ def test_tries_table_pairs_each_try_with_its_base_by_seed():
          "-0.060", "+0.170", "10.0 ± 0.0", "2"],
         ["adaptive, per layer, low-pass start", "28.3%", "1.640", "1.700", "– (`adaptive_c4`)", "–", "+0.090",
          "10.0", "1"],
+        ["adaptive, global, coefficient lr × 2, dropout 0.1", "28.3%", "1.580", "1.600",
+         "1.610 (`adaptive_global_lr2_c4`)", "-0.030", "+0.030", "10.0", "1"],
     ]  # fmt: skip
     # The tries stay out of the plot, like the dropout variants, and out of the report until one has finished.
     assert set(reproduce.plot_points(rows)) == set(reproduce.plot_points(ADAPTIVE_ROWS))
