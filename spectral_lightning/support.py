@@ -10,8 +10,12 @@ the end of the step, by ``ModelCheckpoint`` or on SIGTERM, already holds the new
 ``support/k/<layer>`` (each layer's K) at every update.
 
 The schedule is a function of ``trainer.global_step`` and the run's length (``trainer.max_steps``, else
-``estimated_stepping_batches``), and the supports are model state: the callback saves nothing, and a resumed run
-updates exactly where an uninterrupted one does. With gradient accumulation Ĝ adds up over the step's
+``estimated_stepping_batches``), and the supports are model state, so a resumed run updates exactly where an
+uninterrupted one does. With ``grow_window`` w > 1 the probes stay armed over the w steps that end with the update
+step, and their Ĝ adds up; a checkpoint written inside such a window keeps the partial sums (the callback's state),
+and the resumed run goes on from them, so it decides as the uninterrupted one does (bit for bit in one process;
+under DDP every rank goes on from rank 0's saved sum, so the ranks still agree and the sum's expectation is
+unchanged). With gradient accumulation Ĝ adds up over the step's
 micro-batches. Under DDP Ĝ is averaged over the ranks before the decision, so every rank holds the same supports; a
 global budget (which resizes the coefficient Parameters) then wraps the model in a new DDP after each update, since
 DDP's gradient buckets are sized once.
@@ -60,11 +64,13 @@ class AdaptiveSupport(L.Callback):
         self._hooks: list[RemovableHandle] = []
         self._trainer: L.Trainer | None = None
         self._pending: SupportUpdate | None = None
+        self._restored: tuple[int, list[torch.Tensor | None]] | None = None  # a window's sums from a checkpoint
         self.last_update: SupportUpdate | None = None  # the most recent update (for tests and dashboards)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not has_moving_supports(pl_module):
             return
+        self._trainer = trainer
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise ConfigError(
                 f"supports that move (update_every) need one device or DDP; trainer.strategy is "
@@ -82,13 +88,19 @@ class AdaptiveSupport(L.Callback):
         step = trainer.global_step
         if not layers or self._armed_step == step:
             return  # nothing moves, or a later micro-batch of an armed step: Ĝ keeps adding up
-        self._disarm(layers)
-        schedule = layers[0].support
-        if schedule is None or not schedule.is_update_step(step, total_steps(trainer)):
+        schedule, total = layers[0].support, total_steps(trainer)
+        if schedule is None or not schedule.is_probe_step(step, total):
+            self._disarm(layers)
             return
+        restored, self._restored = self._restored, None
+        if restored is not None and restored[0] == step:  # resumed inside a window: go on from the saved sums
+            for layer, gradient in zip(layers, restored[1], strict=True):
+                layer.arm_gradient_probe(gradient)
         for layer in layers:
-            layer.arm_gradient_probe()
+            layer.arm_gradient_probe()  # armed ones keep their sums: Ĝ adds up over the window
         self._armed_step, self._trainer = step, trainer
+        if not schedule.is_update_step(step, total):
+            return
         params = {id(layer.coef) for layer in layers}
         for optimizer in trainer.optimizers:
             if any(id(p) in params for group in optimizer.param_groups for p in group["params"]):
@@ -125,6 +137,21 @@ class AdaptiveSupport(L.Callback):
         step = int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The partial sums of an armed window (``grow_window`` > 1) and the step they continue at; empty
+        otherwise (no window open, or the update has consumed it)."""
+        trainer = self._trainer
+        if trainer is None or self._armed_step is None:
+            return {}
+        gradients = [layer.coefficient_gradient() for layer in moving_layers(trainer.lightning_module)]
+        if all(g is None for g in gradients):
+            return {}
+        return {"next_step": trainer.global_step, "gradients": [None if g is None else g.cpu() for g in gradients]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._restored = (int(state_dict["next_step"]), list(state_dict["gradients"]))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._disarm(moving_layers(pl_module))

@@ -78,6 +78,9 @@ def adamw_with_moments(layers: list[torch.nn.Module]) -> torch.optim.AdamW:
         ("drop_fraction", True, "drop_fraction=True is not valid: expected a number in (0, 1]"),
         ("grow", "magnitude", "grow='magnitude' is not valid: expected one of gradient, random"),
         ("budget", "layer", "budget='layer' is not valid: expected one of per_layer, global"),
+        ("grow_window", 0, "grow_window=0 is out of range for update_every=10: expected an integer in [1, 10]"),
+        ("grow_window", 11, "grow_window=11 is out of range for update_every=10: expected an integer in [1, 10]"),
+        ("grow_window", 2.5, "grow_window=2.5 is not valid for update_every=10: expected an integer in [1, 10]"),
     ],
 )
 def test_bad_options_give_one_line_naming_option_and_range(cls: type, option: str, value: Any, expected: str) -> None:
@@ -96,6 +99,36 @@ def test_drop_fraction_follows_a_cosine_and_updates_stop_at_update_until() -> No
     assert s.fraction(0, total) == s.fraction(15, total) == s.fraction(50, total) == s.fraction(60, total) == 0.0
     assert SupportSchedule.of(DCT()) is None
     assert SupportSchedule.of(DCT(update_every=7, grow="random")) == SupportSchedule(7, 0.75, 0.3, "random")
+    assert SupportSchedule.of(RandomBasis(update_every=7, grow_window=3)).grow_window == 3
+
+
+def test_grow_window_probes_the_steps_that_end_with_each_update() -> None:
+    total = 100  # updates at 10, 20, 30, 40 (update_until 0.5)
+    windowed = SupportSchedule(update_every=10, update_until=0.5, grow_window=3)
+    assert [t for t in range(total) if windowed.is_probe_step(t, total)] == [
+        8,
+        9,
+        10,
+        18,
+        19,
+        20,
+        28,
+        29,
+        30,
+        38,
+        39,
+        40,
+    ]
+    whole = SupportSchedule(update_every=10, update_until=0.5, grow_window=10)  # every step from 1 to 40
+    assert [t for t in range(total) if whole.is_probe_step(t, total)] == list(range(1, 41))
+    for one in (SupportSchedule(10, 0.5), SupportSchedule(10, 0.5, grow="random", grow_window=3)):
+        assert [t for t in range(total) if one.is_probe_step(t, total)] == [10, 20, 30, 40]  # the update steps
+    assert windowed.fraction(9, total) == 0.0  # a window step does not update
+    assert "grow gradient over 3 steps" in repr(DCT(selection="random", update_every=10, grow_window=3).build(8, 8))
+    # The option is validated for a fixed support too, and has no effect there.
+    assert DCT(grow_window=5).grow_window == 5
+    with pytest.raises(ConfigError, match=r"grow_window=0 is out of range: expected an integer >= 1"):
+        DCT(grow_window=0)
 
 
 # -- fixed supports are what they were ----------------------------------------------------------------------
@@ -357,6 +390,40 @@ def test_gradient_accumulation_captures_every_micro_batch_of_the_update_step(tra
         assert g1.abs().sum() > 0 and not torch.equal(g1, g2)
 
 
+def windowed_probes(dm: CharDataModule, window: int) -> tuple[ProbeRecorder, SpectralLM]:
+    """A tiny model with updates every 4 steps (at 4 and 8 < 0.75 · 12), Ĝ summed over ``window`` steps."""
+    L.seed_everything(0)
+    spec = DCT(selection="random", update_every=4, grow_window=window)
+    module = SpectralLM(vocab=dm.vocab, **TINY, parameterization=spec, lr=1e-2, warmup_steps=0)
+    probes = ProbeRecorder()
+    quiet_trainer(max_steps=12, callbacks=[probes], logger=False).fit(module, dm)
+    return probes, module
+
+
+def test_grow_window_sums_the_gradients_of_its_steps_and_changes_the_decision(trained_global) -> None:
+    _, dm, _, _ = trained_global
+    runs = {w: windowed_probes(dm, w) for w in (1, 2, 3)}
+    armed = {
+        w: [(step, probe, grad) for step, probe, grad in p.seen if probe is not None] for w, (p, _) in runs.items()
+    }
+    assert [step for step, *_ in armed[1]] == [4, 8]
+    assert [step for step, *_ in armed[3]] == [2, 3, 4, 6, 7, 8]
+    three = dict((step, (probe, grad)) for step, probe, grad in armed[3])
+    assert three[2][0] is three[3][0] is three[4][0] and three[4][0] is not three[6][0]  # one probe per window
+    # Until the first update the three runs train identically (the probe leaves the forward unchanged), so the
+    # window's sum at step 4 is step 2's Ĝ (window 3's first) + step 3's (window 2's first) + step 4's (window 1's).
+    g2 = three[2][1]
+    g3 = next(grad for step, _, grad in armed[2] if step == 3)
+    g4 = next(grad for step, _, grad in armed[1] if step == 4)
+    assert g2.abs().sum() > 0 and not torch.equal(g3, g4)
+    torch.testing.assert_close(three[4][1], g2 + g3 + g4, rtol=1e-6, atol=1e-9)
+    # The window's sum grows elsewhere than the last step's gradient alone.
+    positions = {w: [layer.positions.clone() for layer in moving_layers(module)] for w, (_, module) in runs.items()}
+    assert not all(torch.equal(a, b) for a, b in zip(positions[1], positions[3], strict=True))
+    for layer in moving_layers(runs[3][1]):
+        assert layer.positions.unique().numel() == layer.k == layer.out_features * layer.in_features // 4
+
+
 def test_exports_and_checkpoints_round_trip_moved_supports(trained_global, tmp_path: Path) -> None:
     module, _, _, ckpt = trained_global
     x = torch.randint(len(module.tokenizer), (3, 16), generator=torch.Generator().manual_seed(0))
@@ -410,7 +477,7 @@ model:
   min_lr: 1.0e-4
   parameterization:
     class_path: spectral_lightning.DCT
-    init_args: {{compression: 4, selection: random, update_every: 3, budget: {budget}}}
+    init_args: {{compression: 4, selection: random, update_every: {every}, budget: {budget}, grow_window: {window}}}
 data: {{path: tiny.txt, block_size: 16, batch_size: 4, batches_per_epoch: 5, val_fraction: 0.03}}
 trainer:
   accelerator: cpu
@@ -426,10 +493,12 @@ trainer:
 """
 
 
-def fit(folder: Path, budget: str, *extra: str) -> None:
+def fit(folder: Path, budget: str, *extra: str, every: int = 3, window: int = 1) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny.txt").write_text(make_text(), encoding="utf-8")
-    (folder / "config.yaml").write_text(RESUME_CONFIG.format(budget=budget), encoding="utf-8")
+    (folder / "config.yaml").write_text(
+        RESUME_CONFIG.format(budget=budget, every=every, window=window), encoding="utf-8"
+    )
     cwd = os.getcwd()
     os.chdir(folder)
     try:
@@ -439,12 +508,19 @@ def fit(folder: Path, budget: str, *extra: str) -> None:
 
 
 @pytest.mark.parametrize("budget", ["per_layer", "global"])
-def test_resume_after_an_update_is_bit_exact(tmp_path: Path, budget: str) -> None:
-    # Updates at steps 3 and 6 (< 0.75 · 12). The checkpoint s4 is written at the end of update step 3; the
-    # resumed run crosses the update at step 6.
-    fit(tmp_path / "full", budget)
-    fit(tmp_path / "resumed", budget, "--ckpt_path", str(tmp_path / "full/ckpts/s4.ckpt"))
+@pytest.mark.parametrize("every, window", [(3, 1), (5, 4)])
+def test_resume_after_an_update_is_bit_exact(tmp_path: Path, budget: str, every: int, window: int) -> None:
+    # (3, 1): updates at steps 3 and 6 (< 0.75 · 12); the checkpoint s4 is written at the end of update step 3 and
+    # the resumed run crosses the update at step 6. (5, 4): one update, at step 5, from Ĝ summed over steps 2-5;
+    # s4 is written inside that window (after step 3), so it holds the sum of steps 2 and 3, and the resumed run
+    # adds steps 4 and 5 to it.
+    fit(tmp_path / "full", budget, every=every, window=window)
+    fit(tmp_path / "resumed", budget, "--ckpt_path", str(tmp_path / "full/ckpts/s4.ckpt"), every=every, window=window)
     start = torch.load(tmp_path / "full/ckpts/s4.ckpt", weights_only=True)
+    window_state = start["callbacks"].get("AdaptiveSupport", {})
+    assert (window_state.get("next_step"), len(window_state.get("gradients", []))) == (
+        (4, 4) if window > 1 else (None, 0)
+    )
     expected = torch.load(tmp_path / "full/ckpts/s12.ckpt", weights_only=True)
     actual = torch.load(tmp_path / "resumed/ckpts/s12.ckpt", weights_only=True)
     assert expected["global_step"] == actual["global_step"] == 12
@@ -482,8 +558,8 @@ class RecordSupports(L.Callback):
         torch.save({"start": self.start, "end": end}, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.parametrize("budget", ["per_layer", "global"])
-def test_two_ddp_ranks_hold_identical_supports(tmp_path: Path, text_file: Path, budget: str) -> None:
+@pytest.mark.parametrize("budget, window", [("per_layer", 1), ("global", 1), ("global", 2)])
+def test_two_ddp_ranks_hold_identical_supports(tmp_path: Path, text_file: Path, budget: str, window: int) -> None:
     out = tmp_path / "ranks"
     cmd = [
         sys.executable, "cli.py", "fit", "--config", "configs/adaptive/dct4x.yaml", "--config", "configs/ddp.yaml",
@@ -494,6 +570,7 @@ def test_two_ddp_ranks_hold_identical_supports(tmp_path: Path, text_file: Path, 
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--model.parameterization.init_args.update_every", "2",
         "--model.parameterization.init_args.budget", budget,
+        "--model.parameterization.init_args.grow_window", str(window),
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--trainer.callbacks+=test_adaptive.RecordSupports", f"--trainer.callbacks.out_dir={out}",
     ]  # fmt: skip

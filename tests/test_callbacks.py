@@ -151,7 +151,7 @@ def test_hparams_write_the_parameterization_in_one_form(given) -> None:
     params = HParamsSummary().params(trainer, module)
     options = {"compression": 4.0, "k": None, "selection": "lowpass", "seed": 0, "init_std": 0.02}
     options |= {"update_every": None, "update_until": 0.75, "drop_fraction": 0.3, "grow": "gradient"}
-    options |= {"budget": "per_layer", "path": "auto"}
+    options |= {"budget": "per_layer", "path": "auto", "grow_window": 1}
     assert params["parameterization"] == {"class_path": DCT_SPEC, "init_args": options}
     assert params["trainer"]["max_steps"] == 5 and params["n_embd"] == 32 and params["vocab"] == "abcdefgh"
 

@@ -153,4 +153,5 @@ def test_strategies_compare_and_print_by_options() -> None:
         "grow": "gradient",
         "budget": "per_layer",
         "path": "auto",
+        "grow_window": 1,
     }

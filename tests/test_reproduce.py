@@ -368,8 +368,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "dense", "dct4x", "adaptive_c4", "adaptive_global_c4", "dct_random_c4", "adaptive_global_c10",
         "adaptive_global_c20",
         "adaptive_lr2_c4", "adaptive_global_lr2_c4", "dct_random_lr2_c4", "adaptive_lowpass_c4",
-        "adaptive_global_lr2_do0.1_c4", "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10",
-        "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr2_do0.1_c4", "adaptive_global_lr2_gw20_c4",
+        "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -400,6 +400,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     printed = print_config(stacked, text_file, capsys)["model"]
     assert printed["dropout"] == 0.1 and printed["parameterized_lr_scale"] == 2.0
     assert printed["parameterization"]["init_args"]["budget"] == "global"
+    window = print_config(by_name["adaptive_global_lr2_gw20_c4"], text_file, capsys)["model"]
+    assert window["parameterization"]["init_args"]["grow_window"] == 20 and window["parameterized_lr_scale"] == 2.0
     # At c = 10 and 20 the coefficient lr is scaled by √c, on the adaptive group's global run at that c.
     for c in (10, 20):
         run = by_name[f"adaptive_global_lrsqrt_c{c}"]

@@ -21,6 +21,14 @@ step. Under DDP the caller passes a ``reduce`` that averages Ĝ over the ranks, 
 and holds the same support. (Under a GradScaler, fp16, Ĝ carries the loss scale: one factor for every layer, so no
 decision changes.)
 
+``grow_window`` w (≥ 1, at most ``update_every``) sums Ĝ over the w steps that end with the update step (the probe
+stays armed from step u − w + 1 to u): positions whose gradient points the same way step after step add up, those
+whose gradient only flickers cancel, so growth follows the loss's consistent direction rather than one batch's noise
+(a momentum of the gradient, as in sparse momentum training). w = 1 (default) is RigL's one-step gradient. Under a
+global budget every layer's sum covers the same w steps, so the comparison across layers is unchanged. An armed
+window is training state: ``spectral_lightning.support.AdaptiveSupport`` saves its partial sum in checkpoints, so a
+run resumed inside a window decides as the uninterrupted one does.
+
 The share dropped follows RigL's cosine decay over the updating period: at step t,
 f_t = drop_fraction · (1 + cos(π t / T_end)) / 2 with T_end = update_until · total steps; d = round(f_t · K).
 
@@ -73,6 +81,13 @@ def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def check_grow_window(grow_window: object, update_every: int | None) -> int:
+    """Validate ``grow_window``: an integer in [1, update_every] (the window may not reach back past the previous
+    update); any integer ≥ 1 for a fixed support (``update_every`` None), where it has no effect."""
+    high = update_every if update_every is not None else None
+    return check_int("grow_window", grow_window, 1, high, where="" if high is None else f" for update_every={high}")
+
+
 def check_support_options(
     update_every: int | None, update_until: float, drop_fraction: float, grow: str, budget: str
 ) -> tuple[int | None, float, float, str, str]:
@@ -101,6 +116,7 @@ class SupportSchedule:
         drop_fraction: share of K in (0, 1] replaced at the first update, decayed with a cosine.
         grow: ``gradient`` (largest |Ĝ|) or ``random``.
         budget: ``per_layer`` (each layer keeps its K) or ``global`` (ΣK fixed, K moves between layers).
+        grow_window: steps whose Ĝ is summed for growth, ending with the update step (1: that step's alone).
     """
 
     update_every: int
@@ -108,20 +124,32 @@ class SupportSchedule:
     drop_fraction: float = 0.3
     grow: str = "gradient"
     budget: str = "per_layer"
+    grow_window: int = 1
 
     @classmethod
     def of(cls, options: object) -> SupportSchedule | None:
-        """The schedule of a parameterization with the five options as attributes; None for a fixed support."""
+        """The schedule of a parameterization with the options as attributes (``grow_window`` 1 when it has
+        none: a parameterization written before the option); None for a fixed support."""
         every = getattr(options, "update_every", None)
         if every is None:
             return None
         names = ("update_until", "drop_fraction", "grow", "budget")
-        return cls(every, **{name: getattr(options, name) for name in names})
+        return cls(
+            every, **{name: getattr(options, name) for name in names}, grow_window=getattr(options, "grow_window", 1)
+        )
 
     def is_update_step(self, step: int, total_steps: int) -> bool:
         """Whether the optimizer step ``step`` (0-based: the number of steps completed before it) updates the
         support: a positive multiple of ``update_every`` before ``update_until · total_steps``."""
         return step > 0 and step % self.update_every == 0 and step < self.update_until * total_steps
+
+    def is_probe_step(self, step: int, total_steps: int) -> bool:
+        """Whether step ``step`` adds its Ĝ to the next update's: one of the ``grow_window`` steps that end with
+        an update step (with gradient growth; random growth needs no Ĝ, so only the update step itself, whose
+        probe costs nothing)."""
+        window = self.grow_window if self.grow == "gradient" else 1
+        update = -(-step // self.update_every) * self.update_every  # the first multiple ≥ step
+        return update - step < window and self.is_update_step(update, total_steps)
 
     def fraction(self, step: int, total_steps: int) -> float:
         """The share of K replaced at ``step``: drop_fraction · (1 + cos(π·step / T_end)) / 2 with
@@ -143,7 +171,7 @@ class MovingSupport(Protocol):
     positions: Tensor
     support: SupportSchedule | None
 
-    def arm_gradient_probe(self) -> None: ...
+    def arm_gradient_probe(self, gradient: Tensor | None = None) -> None: ...
 
     def disarm_gradient_probe(self) -> None: ...
 

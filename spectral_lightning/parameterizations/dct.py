@@ -36,7 +36,13 @@ import torch
 from torch import Tensor
 
 from spectral_lightning.errors import ConfigError
-from spectral_lightning.parameterizations.adaptive import Budget, Grow, SupportSchedule, check_support_options
+from spectral_lightning.parameterizations.adaptive import (
+    Budget,
+    Grow,
+    SupportSchedule,
+    check_grow_window,
+    check_support_options,
+)
 from spectral_lightning.parameterizations.base import OrthonormalCoefficientLinear, Parameterization
 from spectral_lightning.parameterizations.dct_cost import choose_transform
 from spectral_lightning.parameterizations.fast_dct import (
@@ -268,6 +274,9 @@ class DCT(Parameterization):
             shapes, the token count and the device), ``materialize`` (rebuild W, then one m×n product per token)
             or ``transform`` (never form W: DCT-II of x, a product with the coefficient block, inverse DCT; for the
             ``lowpass`` and ``zigzag`` selections with a fixed support). Same function either way.
+        grow_window: with ``grow: gradient``, the number of steps (1 to ``update_every``) whose gradients are
+            summed to choose where to grow, ending with the update step: 1 (default) is that step's gradient alone,
+            more follows the gradient's consistent direction over the window (a gradient momentum).
     """
 
     def __init__(
@@ -283,6 +292,7 @@ class DCT(Parameterization):
         grow: Grow = "gradient",
         budget: Budget = "per_layer",
         path: ExecutionPath = "auto",
+        grow_window: int = 1,
     ) -> None:
         self.compression = check_compression(compression)
         self.k = None if k is None else check_int("k", k, 1)
@@ -294,6 +304,7 @@ class DCT(Parameterization):
         self.update_every, self.update_until, self.drop_fraction, self.grow, self.budget = check_support_options(
             update_every, update_until, drop_fraction, grow, budget
         )
+        self.grow_window = check_grow_window(grow_window, self.update_every)
         if path not in PATHS:
             raise ConfigError(f"path={path!r} is not valid: expected one of {', '.join(PATHS)}")
         if path == "transform" and selection not in TRANSFORM_SELECTIONS:

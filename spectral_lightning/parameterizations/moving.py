@@ -29,15 +29,19 @@ class MovingSupportMixin:
     basis_in: Tensor
     _probe: Tensor | None
 
-    def arm_gradient_probe(self) -> None:
+    def arm_gradient_probe(self, gradient: Tensor | None = None) -> None:
         """Capture Ĝ = P_m (∂L/∂W) P_nᵀ in the coming backward passes (until disarmed; they add up): the
         coefficients are scattered into a zero m×n tensor that requires grad instead of plain zeros, which leaves
-        the forward bit for bit unchanged and costs no extra product."""
+        the forward bit for bit unchanged and costs no extra product. A probe already armed stays as it is (its
+        sum goes on); ``gradient`` (m, n), when given to an unarmed layer, is the sum to go on from (a window
+        restored from a checkpoint)."""
         if not self.support_moves:
             raise ConfigError(f"{type(self).__name__} has a fixed support (update_every=None): nothing to capture")
         if self._probe is None:
             dtype = self.basis_in.dtype
             self._probe = torch.zeros(self.ra * self.cb, dtype=dtype, device=self.coef.device, requires_grad=True)
+            if gradient is not None:
+                self._probe.grad = gradient.reshape(-1).to(device=self.coef.device, dtype=dtype).clone()
 
     def disarm_gradient_probe(self) -> None:
         """Stop capturing and forget the captured gradient."""
@@ -82,5 +86,7 @@ class MovingSupportMixin:
         s = self.support
         return (
             f"{super().extra_repr()}, support moves every {s.update_every} steps until {s.update_until:g} "
-            f"(drop {s.drop_fraction:g}, grow {s.grow}, budget {s.budget})"
+            f"(drop {s.drop_fraction:g}, grow {s.grow}"
+            + (f" over {s.grow_window} steps" if s.grow == "gradient" and s.grow_window > 1 else "")
+            + f", budget {s.budget})"
         )

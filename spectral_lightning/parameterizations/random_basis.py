@@ -29,7 +29,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spectral_lightning.parameterizations.adaptive import Budget, Grow, SupportSchedule, check_support_options
+from spectral_lightning.parameterizations.adaptive import (
+    Budget,
+    Grow,
+    SupportSchedule,
+    check_grow_window,
+    check_support_options,
+)
 from spectral_lightning.parameterizations.base import OrthonormalCoefficientLinear, Parameterization
 from spectral_lightning.parameterizations.dct import select_positions
 from spectral_lightning.parameterizations.options import check_compression, check_int, check_std, coefficient_budget
@@ -120,6 +126,9 @@ class RandomBasis(Parameterization):
         grow: where new coefficients go: ``gradient`` (largest |gradient|) or ``random`` (seeded).
         budget: ``per_layer`` (each layer keeps its K) or ``global`` (the total K is fixed and moves between
             layers).
+        grow_window: with ``grow: gradient``, the number of steps (1 to ``update_every``) whose gradients are
+            summed to choose where to grow, ending with the update step: 1 (default) is that step's gradient alone,
+            more follows the gradient's consistent direction over the window (a gradient momentum).
     """
 
     def __init__(
@@ -133,6 +142,7 @@ class RandomBasis(Parameterization):
         drop_fraction: float = 0.3,
         grow: Grow = "gradient",
         budget: Budget = "per_layer",
+        grow_window: int = 1,
     ) -> None:
         self.compression = check_compression(compression)
         self.k = None if k is None else check_int("k", k, 1)
@@ -141,6 +151,7 @@ class RandomBasis(Parameterization):
         self.update_every, self.update_until, self.drop_fraction, self.grow, self.budget = check_support_options(
             update_every, update_until, drop_fraction, grow, budget
         )
+        self.grow_window = check_grow_window(grow_window, self.update_every)
 
     def num_coefficients(self, in_features: int, out_features: int) -> int:
         """K used for an (out_features × in_features) weight."""
