@@ -46,7 +46,9 @@ Outputs (each written through a temporary file and a rename):
   of each layer under the global budget as a share of its starting K; once tries exist, each beside the run it
   varies);
 * ``<out>/summary.png``: final validation loss against % of dense parameters stored, one line per parameterization
-  (the adaptive runs included, the dropout variants left out; needs matplotlib).
+  (the adaptive runs included, the dropout variants left out; needs matplotlib);
+* ``<out>/summary-curves.png``: once an adaptive run or a try at c = 4 has finished, validation loss against step
+  of the c = 4 supports (fixed, moving, the tries) and the dense references.
 
 The two summaries keep these names for the paper's budget (5,000 steps, 100 warm-up steps, no size overrides);
 any other budget writes ``summary-<tag>.md`` and ``.png`` (``<tag>`` as in the run folders, e.g.
@@ -1145,6 +1147,64 @@ def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def curve_lines(rows: list[dict], c: float = 4.0) -> dict[str, list[tuple[int, float]]]:
+    """The curves plot's lines, by run name: validation loss against step (steps to the nearest ten; mean over the
+    seeds whose metrics.json hold a ``val_curve``, older ones do not) for the runs that compare supports at
+    compression ``c``: the paper's dense and the best-tuned dense, the fixed lowpass and random supports, the
+    adaptive runs and every try at ``c``. A run without a curve is left out."""
+    runs = by_run(rows)
+    names = ["dense"]
+    best_dense = tuned(runs, "dense")
+    if best_dense and best_dense[0]:
+        names.append(tuning_spec("dense", best_dense[0]).name)
+    names += [baseline_spec("dct_lowpass", c).name, sweep_spec("dct_random", c).name]
+    names += [adaptive_spec(budget, c).name for budget in ADAPTIVE_RUNS]
+    names += [name for name, _, _, try_c, _ in TRIES if try_c == c]
+    lines = {}
+    for name in names:
+        points: dict[int, list[float]] = {}
+        for row in runs.get(name, []):
+            for step, value in row.get("val_curve") or ():
+                # To the nearest ten: the end-of-training validation is logged at step 4,999 by some runs and 5,000
+                # by others (a resumed run), which is one point.
+                points.setdefault(10 * round(int(step) / 10), []).append(float(value))
+        if points:
+            lines[name] = [(step, statistics.fmean(values)) for step, values in sorted(points.items())]
+    return lines
+
+
+def curves_plot(path: Path, rows: list[dict], budget: Budget) -> bool:
+    """Validation loss against step of :func:`curve_lines` (dense dashed); False (nothing written) when no
+    adaptive run or try has a curve."""
+    lines = curve_lines(rows)
+    if not set(lines) - {"dense", "dct4x", *(tuning_spec("dense", d).name for d in TUNING_DROPOUTS)}:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = {name: len({r["seed"] for r in rows if r["run"] == name and r.get("val_curve")}) for name in lines}
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name, points in lines.items():
+        steps, values = zip(*points, strict=True)
+        style = {"color": "black", "linestyle": "--"} if name.startswith("dense") else {"marker": "o", "markersize": 3}
+        ax.plot(steps, values, label=f"{name} (n = {seeds[name]})", linewidth=1.2, **style)
+    finals = [points[-1][1] for points in lines.values()]
+    ax.set_ylim(min(finals) - 0.03, max(finals) + 0.35)  # the last two thirds of training, where the runs part
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.set_title(f"Supports at c = 4: validation curves ({budget.steps} steps per run)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
 # -- entry point -------------------------------------------------------------------------------------------
 
 
@@ -1298,7 +1358,9 @@ def write_reports(out: Path, budget: Budget, seeds: Sequence[int], command: str)
     grid = build_grid(("paper", "sweep", "baselines", "tuning", "adaptive"), _cs(rows), _cs(rows), _cs(rows))
     atomic_write_text(md, summary_markdown(current, grid, budget, command))
     summary_plot(png, current, budget)
-    print(f"wrote {out / 'runs.csv'}, {md}, {png}")
+    curves = out / f"{summary_stem(budget)}-curves.png"
+    written = [out / "runs.csv", md, png] + ([curves] if curves_plot(curves, current, budget) else [])
+    print(f"wrote {', '.join(map(str, written))}")
 
 
 def _cs(rows: list[dict]) -> list[float]:

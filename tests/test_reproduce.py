@@ -573,3 +573,24 @@ def test_dry_run_lists_only_the_runs_left(tmp_path: Path, capsys: pytest.Capture
     commands = [line for line in lines if not line.startswith("#")]
     assert len(commands) == 9 and not any("dct4x --trainer.logger.init_args.version seed1" in c for c in commands)
     assert lines[-1] == "# 9 of 10 runs left to train"
+
+
+def test_curves_plot_averages_each_c4_supports_curve_over_its_seeds(tmp_path: Path):
+    def curve(run: str, seed: int, values: list[float], **extra) -> dict:
+        return scored(run, seed, values[-1], min(values), val_curve=[[500, values[0]], [1000, values[1]]], **extra)
+
+    rows = [scored("dense", 0, 1.58, 1.54)]  # an older metrics.json: no curve, so no line
+    rows += [curve("dense_do0.1", 0, [1.98, 1.48]), curve("dct4x", 0, [2.2, 1.9])]  # tuned: 1.48 < 1.54
+    rows += [curve("adaptive_global_c4", 0, [2.2, 2.0]), curve("adaptive_global_c4", 1, [2.3, 1.9])]
+    rows[-1]["val_curve"] = [[499, 2.3], [999, 1.9]]  # logged one step earlier: the same points
+    rows += [curve("adaptive_global_lr2_do0.1_c4", 0, [2.1, 1.8]), curve("adaptive_global_c10", 0, [2.5, 2.3])]
+    lines = reproduce.curve_lines(rows)
+    # In the plot's order (references first, then the supports, then the tries); c = 10 runs are not drawn.
+    assert list(lines) == ["dense_do0.1", "dct4x", "adaptive_global_c4", "adaptive_global_lr2_do0.1_c4"]
+    assert lines["adaptive_global_c4"] == [(500, pytest.approx(2.25)), (1000, pytest.approx(1.95))]
+    png = tmp_path / "curves.png"
+    assert reproduce.curves_plot(png, rows, reproduce.Budget(5000, "cpu", ()))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Only references (no moving support, no try): nothing to compare, no file.
+    assert not reproduce.curves_plot(tmp_path / "none.png", rows[:3], reproduce.Budget(5000, "cpu", ()))
+    assert not (tmp_path / "none.png").exists()
