@@ -55,7 +55,8 @@ class AdaptiveSupport(L.Callback):
     """Moves the supports of the model's adaptive layers during training (see the module docstring).
 
     Added by ``SpectralLM.configure_callbacks`` when the parameterization sets ``update_every``; it has no options
-    (they are the parameterization's) and no state of its own.
+    (they are the parameterization's); its only state is an open ``grow_window``'s partial sums, saved in
+    checkpoints.
     """
 
     def __init__(self) -> None:

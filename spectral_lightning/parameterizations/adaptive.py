@@ -42,7 +42,8 @@ f_t = drop_fraction · (1 + cos(π t / T_end)) / 2 with T_end = update_until · 
 
 Positions are kept sorted (ascending flat row-major indices into m×n); ``coef[i]`` is the coefficient at
 ``positions[i]``. They are a persistent buffer of the layer, so checkpoints, exports and resumed runs restore the
-support; the schedule is a pure function of the step, so nothing else needs saving.
+support; the schedule is a pure function of the step, so nothing else needs saving (but an open ``grow_window``'s
+partial sums, which the Lightning callback saves).
 
 :func:`update_supports` is the whole update for one step; ``spectral_lightning.support.AdaptiveSupport`` calls it
 from Lightning, and a plain training loop calls it after ``optimizer.step()`` of an update step.

@@ -268,7 +268,7 @@ class OrthonormalCoefficientLinear(MovingSupportMixin, ReconstructedLinear):
         self.seed, self.init_std = seed, init_std
         self.support = support
         self.support_moves = support is not None
-        self._probe: Tensor | None = None  # armed on update steps: its gradient is Ĝ (see adaptive.py)
+        self._probe: Tensor | None = None  # armed on update steps (and grow_window): its gradient is Ĝ
         m, n = out_features, in_features
         rows, cols = positions // n, positions % n
         self.k = positions.numel()
