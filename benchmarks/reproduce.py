@@ -28,12 +28,13 @@ Groups:
 * ``tries``: one-option variants of the adaptive group's runs (or of another try), each a knob for closing the gap
   to dense: at c = 4 the coefficients at twice the learning rate (``model.parameterized_lr_scale 2``; √c = 2 makes
   a step move W as far, in Frobenius norm, as a dense step does) with moving supports, per layer
-  (``adaptive_lr2_c4``) or global (``adaptive_global_lr2_c4``), and fixed random ones (``dct_random_lr2_c4``);
-  moving supports from a low-pass start (``adaptive_lowpass_c4``); the global lr × 2 run with model dropout 0.1,
-  the tuned dense model's (``adaptive_global_lr2_do0.1_c4``) or growing by Ĝ summed over the 20 steps before each
-  update (``adaptive_global_lr2_gw20_c4``, option ``grow_window``); at c = 10 and 20 the global run with the lr
-  scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also with dropout 0.1. The runs they vary
-  (the adaptive group's, the fixed random one) join them as references, with dense and dct4x.
+  (``adaptive_lr2_c4``) or global (``adaptive_global_lr2_c4``; × 4 = c: ``adaptive_global_lr4_c4``), and fixed
+  random ones (``dct_random_lr2_c4``); moving supports from a low-pass start (``adaptive_lowpass_c4``); the global
+  lr × 2 run with model dropout 0.1, the tuned dense model's (``adaptive_global_lr2_do0.1_c4``) or growing by Ĝ
+  summed over the 20 steps before each update (``adaptive_global_lr2_gw20_c4``, option ``grow_window``); at
+  c = 10 and 20 the global run with the lr scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also
+  with dropout 0.1. The runs they vary (the adaptive group's, the fixed random one) join them as references, with
+  dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
 
@@ -177,6 +178,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "global",
         4.0,
         ("--model.parameterized_lr_scale", "2"),
+    ),
+    (
+        "adaptive_global_lr4_c4",
+        "adaptive, global, coefficient lr × 4",
+        "global",
+        4.0,
+        ("--model.parameterized_lr_scale", "4"),
     ),
     ("dct_random_lr2_c4", "fixed random, coefficient lr × 2", "random", 4.0, ("--model.parameterized_lr_scale", "2")),
     (

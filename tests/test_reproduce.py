@@ -367,7 +367,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert [s.name for s in grid] == [
         "dense", "dct4x", "adaptive_c4", "adaptive_global_c4", "dct_random_c4", "adaptive_global_c10",
         "adaptive_global_c20",
-        "adaptive_lr2_c4", "adaptive_global_lr2_c4", "dct_random_lr2_c4", "adaptive_lowpass_c4",
+        "adaptive_lr2_c4", "adaptive_global_lr2_c4", "adaptive_global_lr4_c4", "dct_random_lr2_c4",
+        "adaptive_lowpass_c4",
         "adaptive_global_lr2_do0.1_c4", "adaptive_global_lr2_gw20_c4",
         "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
