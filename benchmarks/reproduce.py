@@ -33,8 +33,8 @@ Groups:
   lr × 2 run with model dropout 0.1, the tuned dense model's (``adaptive_global_lr2_do0.1_c4``) or growing by Ĝ
   summed over the 20 steps before each update (``adaptive_global_lr2_gw20_c4``, option ``grow_window``); at
   c = 10 and 20 the global run with the lr scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also
-  with dropout 0.1. The runs they vary (the adaptive group's, the fixed random one) join them as references, with
-  dense and dct4x.
+  with dropout 0.1, and by c (``adaptive_global_lr10_c10``). The runs they vary (the adaptive group's, the fixed
+  random one) join them as references, with dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
 
@@ -221,6 +221,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lrsqrt_c10",
         10.0,
         ("--model.dropout", "0.1"),
+    ),
+    (
+        "adaptive_global_lr10_c10",
+        "adaptive, global, coefficient lr × 10",
+        "global",
+        10.0,
+        ("--model.parameterized_lr_scale", "10"),
     ),
     (
         "adaptive_global_lrsqrt_c20",

@@ -370,7 +370,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_lr2_c4", "adaptive_global_lr2_c4", "adaptive_global_lr4_c4", "dct_random_lr2_c4",
         "adaptive_lowpass_c4",
         "adaptive_global_lr2_do0.1_c4", "adaptive_global_lr2_gw20_c4",
-        "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lr10_c10",
+        "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
