@@ -1150,11 +1150,19 @@ def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
             continue
         moving = parameterization in {label for _, label, _ in ADAPTIVE_RUNS.values()}
         ax.errorbar(xs, ys, yerr=err, marker="s" if moving else "o", capsize=3, label=parameterization)
-    ax.set_xlabel("stored parameters (% of dense model)")
-    ax.set_ylabel("final validation loss (nats/char)")
-    ax.set_title(f"Compression vs. loss ({budget.steps} steps per run)")
+    labels = ("stored parameters (% of dense model)", "final validation loss (nats/char)")
+    save_figure(path, fig, ax, labels, f"Compression vs. loss ({budget.steps} steps per run)", 8)
+
+
+def save_figure(path: Path, fig, ax, labels: tuple[str, str], title: str, legend_size: int) -> None:  # noqa: ANN001
+    """Label, grid and legend ``ax``, then write ``fig`` to ``path`` as PNG (through a temporary file) and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -1207,16 +1215,8 @@ def curves_plot(path: Path, rows: list[dict], budget: Budget) -> bool:
         ax.plot(steps, values, label=f"{name} (n = {seeds[name]})", linewidth=1.2, **style)
     finals = [points[-1][1] for points in lines.values()]
     ax.set_ylim(min(finals) - 0.03, max(finals) + 0.35)  # the last two thirds of training, where the runs part
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss (nats/char)")
-    ax.set_title(f"Supports at c = 4: validation curves ({budget.steps} steps per run)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    title = f"Supports at c = 4: validation curves ({budget.steps} steps per run)"
+    save_figure(path, fig, ax, ("step", "validation loss (nats/char)"), title, 7)
     return True
 
 
