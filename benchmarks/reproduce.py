@@ -163,7 +163,8 @@ ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
 # The tries group: (run name, table label, the run it varies, its compression, its one change as options). The run
 # it varies is a support budget of the adaptive group ("per_layer", "global"), "random" for the fixed random support,
 # or an earlier try (a change stacked on that try). Coefficient lr scales are √c: an AdamW step then moves W as far,
-# in Frobenius norm, as a dense step does.
+# in Frobenius norm, as a dense step does. AdamW's decoupled decay shrinks by lr × weight_decay per step, so a scaled
+# rate also scales the decay; the "decay ÷ s" tries set the coefficients' weight_decay to 0.1 / s, which keeps it.
 TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
     (
         "adaptive_lr2_c4",
@@ -228,6 +229,20 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "global",
         10.0,
         ("--model.parameterized_lr_scale", "10"),
+    ),
+    (
+        "adaptive_global_lr4_wd_c4",
+        "adaptive, global, coefficient lr × 4, their decay ÷ 4",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterized_weight_decay", "0.025"),
+    ),
+    (
+        "adaptive_global_lr10_wd_c10",
+        "adaptive, global, coefficient lr × 10, their decay ÷ 10",
+        "adaptive_global_lr10_c10",
+        10.0,
+        ("--model.parameterized_weight_decay", "0.01"),
     ),
     (
         "adaptive_global_lrsqrt_c20",

@@ -68,6 +68,9 @@ class SpectralLM(L.LightningModule):
         parameterized_lr_scale: learning-rate multiplier (> 0) for the weight-defining Parameters of the
             parameterized linears (DCT coefficients, low-rank factors, ...), warm-up, decay and floor included;
             they then form an AdamW group of their own. 1 (the default): the same rate as every other Parameter.
+        parameterized_weight_decay: decoupled weight decay (≥ 0) of those Parameters, in their own group; None (the
+            default): ``weight_decay``. AdamW shrinks by lr × decay per step, so a group with ``parameterized_lr_scale``
+            s decays s times as fast as the rest unless this is ``weight_decay / s``.
         compile: run the model through ``torch.compile`` (parameterized layers are built first, then the
             whole GPT is compiled; the state dict keeps its plain names).
         compile_mode: ``torch.compile`` mode when ``compile`` is on: ``default``, ``reduce-overhead`` (CUDA
@@ -105,6 +108,7 @@ class SpectralLM(L.LightningModule):
         warmup_steps: int = 100,
         min_lr: float = 1e-4,
         parameterized_lr_scale: float = 1.0,
+        parameterized_weight_decay: float | None = None,
         compile: bool = False,
         compile_mode: str | None = None,
         check_finite: bool = True,
@@ -127,6 +131,11 @@ class SpectralLM(L.LightningModule):
         if not parameterized_lr_scale > 0:
             raise ConfigError(
                 f"model.parameterized_lr_scale={parameterized_lr_scale} is not valid: expected a number > 0"
+            )
+        if parameterized_weight_decay is not None and not parameterized_weight_decay >= 0:
+            raise ConfigError(
+                f"model.parameterized_weight_decay={parameterized_weight_decay} is not valid: expected a number >= 0"
+                " or null (the same as model.weight_decay)"
             )
         self.tokenizer = tokenizer_from_spec(vocab)
         self.parameterization = resolve(parameterization)
@@ -252,16 +261,19 @@ class SpectralLM(L.LightningModule):
         ``transformers`` model's linears left unparameterized (``nn.Linear``, ``Conv1D``) decay their weights too;
         a weight tied to an embedding is decayed once, as a linear's.
 
-        With ``parameterized_lr_scale`` ≠ 1 the parameterized linears' decayed Parameters move to a third group
-        (decayed too) whose ``lr`` is scaled; with 1 there are two groups, as in checkpoints written before.
+        With ``parameterized_lr_scale`` ≠ 1 or a ``parameterized_weight_decay`` the parameterized linears' decayed
+        Parameters move to a third group with their own ``lr`` and decay; otherwise there are two groups, as in
+        checkpoints written before.
         """
         hp = self.hparams
         scale = hp.get("parameterized_lr_scale", 1.0)
+        own_decay = hp.get("parameterized_weight_decay")
+        separate = scale != 1.0 or own_decay is not None
         chosen = set(self.model.parameterized)  # the linears built by the parameterization (the rest: dense)
         owned: dict[int, tuple[torch.nn.Parameter, bool]] = {}  # in module order (the optimizer state's order)
         for name, m in self.model.named_modules():
             if isinstance(m, ParameterizedLinear):
-                own_group = scale != 1.0 and name in chosen
+                own_group = separate and name in chosen
                 owned.update({id(p): (p, own_group) for p in m.weight_parameters()})
             elif is_dense_linear(m):
                 owned.setdefault(id(m.weight), (m.weight, False))
@@ -271,7 +283,8 @@ class SpectralLM(L.LightningModule):
         no_decay = [p for p in self.model.parameters() if id(p) not in ids]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if scaled:
-            groups.append({"params": scaled, "weight_decay": hp.weight_decay, "lr": hp.lr * scale})
+            decay_rate = hp.weight_decay if own_decay is None else own_decay
+            groups.append({"params": scaled, "weight_decay": decay_rate, "lr": hp.lr * scale})
         return groups
 
     def lr_factor(self, step: int, total_steps: int) -> float:

@@ -265,6 +265,27 @@ def test_parameterized_lr_scale_gives_the_compressed_linears_their_own_rate() ->
         SpectralLM(**kwargs, parameterized_lr_scale=0.0)
 
 
+def test_parameterized_weight_decay_sets_the_compressed_linears_decay() -> None:
+    """parameterized_weight_decay: the coefficients form their own group with that decay (at the shared lr when
+    the scale is 1); one AdamW step with zero gradients shrinks them by 1 - lr × scale × decay and the dense
+    linears by 1 - lr × weight_decay; a negative value is refused with the option's name."""
+    kwargs = dict(vocab="abcdefgh", block_size=16, n_layer=1, n_head=2, n_embd=16, parameterization=DCT(), lr=1e-2)
+    kwargs["parameterize"] = ["blocks.*.mlp.*"]
+    same_rate = SpectralLM(**kwargs, parameterized_weight_decay=0.0).parameter_groups()
+    assert [g["weight_decay"] for g in same_rate] == [0.1, 0.0, 0.0] and same_rate[2]["lr"] == pytest.approx(1e-2)
+    model = SpectralLM(**kwargs, parameterized_lr_scale=4.0, parameterized_weight_decay=0.025)
+    coef, dense = model.model.blocks[0].mlp.fc.coef, model.model.blocks[0].attn.qkv.weight
+    before = coef.detach().clone(), dense.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameter_groups(), lr=1e-2)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    torch.testing.assert_close(coef.detach(), before[0] * (1 - 4e-2 * 0.025))
+    torch.testing.assert_close(dense.detach(), before[1] * (1 - 1e-2 * 0.1))
+    with pytest.raises(ConfigError, match="model.parameterized_weight_decay=-0.1 is not valid: expected a number >= 0"):
+        SpectralLM(**kwargs, parameterized_weight_decay=-0.1)
+
+
 def test_lr_factor_warmup_then_cosine_to_floor() -> None:
     model = SpectralLM(vocab="ab", block_size=8, **TINY, lr=1e-3, min_lr=1e-4, warmup_steps=10)
     f = model.lr_factor

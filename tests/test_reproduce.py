@@ -371,7 +371,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_lowpass_c4",
         "adaptive_global_lr2_do0.1_c4", "adaptive_global_lr2_gw20_c4",
         "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lr10_c10",
-        "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr4_wd_c4", "adaptive_global_lr10_wd_c10", "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -404,6 +404,12 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert printed["parameterization"]["init_args"]["budget"] == "global"
     window = print_config(by_name["adaptive_global_lr2_gw20_c4"], text_file, capsys)["model"]
     assert window["parameterization"]["init_args"]["grow_window"] == 20 and window["parameterized_lr_scale"] == 2.0
+    # The "decay ÷ s" tries keep lr × weight_decay of the coefficients at the dense model's 1e-3 × 0.1.
+    for name, scale in (("adaptive_global_lr4_wd_c4", 4), ("adaptive_global_lr10_wd_c10", 10)):
+        printed = print_config(by_name[name], text_file, capsys)["model"]
+        assert printed["parameterized_lr_scale"] == scale
+        assert printed["parameterized_lr_scale"] * printed["parameterized_weight_decay"] == pytest.approx(0.1)
+        assert printed["weight_decay"] == 0.1 and printed["parameterization"]["init_args"]["budget"] == "global"
     # At c = 10 and 20 the coefficient lr is scaled by √c, on the adaptive group's global run at that c.
     for c in (10, 20):
         run = by_name[f"adaptive_global_lrsqrt_c{c}"]
