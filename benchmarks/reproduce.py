@@ -164,7 +164,8 @@ ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
 # it varies is a support budget of the adaptive group ("per_layer", "global"), "random" for the fixed random support,
 # or an earlier try (a change stacked on that try). Coefficient lr scales are √c: an AdamW step then moves W as far,
 # in Frobenius norm, as a dense step does. AdamW's decoupled decay shrinks by lr × weight_decay per step, so a scaled
-# rate also scales the decay; the "decay ÷ s" tries set the coefficients' weight_decay to 0.1 / s, which keeps it.
+# rate also scales the decay; the "decay ÷ s" tries set the coefficients' weight_decay to 0.1 / s, which keeps it,
+# and "decay × 2" doubles it (0.2: the coefficients then shrink 8 times as fast per step as the dense weights).
 TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
     (
         "adaptive_lr2_c4",
@@ -243,6 +244,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lr10_c10",
         10.0,
         ("--model.parameterized_weight_decay", "0.01"),
+    ),
+    (
+        "adaptive_global_lr4_wd2_c4",
+        "adaptive, global, coefficient lr × 4, their decay × 2",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterized_weight_decay", "0.2"),
     ),
     (
         "adaptive_global_lrsqrt_c20",
