@@ -1174,10 +1174,10 @@ def summary_plot(path: Path, rows: list[dict], budget: Budget) -> None:
         moving = parameterization in {label for _, label, _ in ADAPTIVE_RUNS.values()}
         ax.errorbar(xs, ys, yerr=err, marker="s" if moving else "o", capsize=3, label=parameterization)
     labels = ("stored parameters (% of dense model)", "final validation loss (nats/char)")
-    save_figure(path, fig, ax, labels, f"Compression vs. loss ({budget.steps} steps per run)", 8)
+    save_figure(path, fig, ax, labels, f"Compression vs. loss ({budget.steps} steps per run)", legend_size=8)
 
 
-def save_figure(path: Path, fig, ax, labels: tuple[str, str], title: str, legend_size: int) -> None:  # noqa: ANN001
+def save_figure(path: Path, fig, ax, labels: tuple[str, str], title: str, *, legend_size: int) -> None:  # noqa: ANN001
     """Label, grid and legend ``ax``, then write ``fig`` to ``path`` as PNG (through a temporary file) and close it."""
     import matplotlib.pyplot as plt
 
@@ -1239,7 +1239,7 @@ def curves_plot(path: Path, rows: list[dict], budget: Budget) -> bool:
     finals = [points[-1][1] for points in lines.values()]
     ax.set_ylim(min(finals) - 0.03, max(finals) + 0.35)  # the last two thirds of training, where the runs part
     title = f"Supports at c = 4: validation curves ({budget.steps} steps per run)"
-    save_figure(path, fig, ax, ("step", "validation loss (nats/char)"), title, 7)
+    save_figure(path, fig, ax, ("step", "validation loss (nats/char)"), title, legend_size=7)
     return True
 
 
