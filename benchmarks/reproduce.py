@@ -30,7 +30,8 @@ Groups:
   a step move W as far, in Frobenius norm, as a dense step does) with moving supports, per layer
   (``adaptive_lr2_c4``) or global (``adaptive_global_lr2_c4``; × 4 = c: ``adaptive_global_lr4_c4``), and fixed
   random ones (``dct_random_lr2_c4``); moving supports from a low-pass start (``adaptive_lowpass_c4``); the global
-  lr × 2 run with model dropout 0.1, the tuned dense model's (``adaptive_global_lr2_do0.1_c4``) or growing by Ĝ
+  lr × 2 and lr × 4 runs with model dropout 0.1, the tuned dense model's (``adaptive_global_lr2_do0.1_c4``,
+  ``adaptive_global_lr4_do0.1_c4``) or growing by Ĝ
   summed over the 20 steps before each update (``adaptive_global_lr2_gw20_c4``, option ``grow_window``); at
   c = 10 and 20 the global run with the lr scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also
   with dropout 0.1, and by c (``adaptive_global_lr10_c10``). The runs they vary (the adaptive group's, the fixed
@@ -251,6 +252,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lr4_c4",
         4.0,
         ("--model.parameterized_weight_decay", "0.2"),
+    ),
+    (
+        "adaptive_global_lr4_do0.1_c4",
+        "adaptive, global, coefficient lr × 4, dropout 0.1",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.dropout", "0.1"),
     ),
     (
         "adaptive_global_lrsqrt_c20",

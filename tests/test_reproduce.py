@@ -372,6 +372,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lr2_do0.1_c4", "adaptive_global_lr2_gw20_c4",
         "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lr10_c10",
         "adaptive_global_lr4_wd_c4", "adaptive_global_lr10_wd_c10", "adaptive_global_lr4_wd2_c4",
+        "adaptive_global_lr4_do0.1_c4",
         "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
@@ -413,6 +414,9 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         assert printed["weight_decay"] == 0.1 and printed["parameterization"]["init_args"]["budget"] == "global"
     doubled = print_config(by_name["adaptive_global_lr4_wd2_c4"], text_file, capsys)["model"]
     assert doubled["parameterized_weight_decay"] == 0.2 and doubled["parameterized_lr_scale"] == 4
+    dropout = print_config(by_name["adaptive_global_lr4_do0.1_c4"], text_file, capsys)["model"]
+    assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
+    assert dropout["parameterized_weight_decay"] is None and dropout["parameterization"]["init_args"]["budget"] == "global"
     # At c = 10 and 20 the coefficient lr is scaled by √c, on the adaptive group's global run at that c.
     for c in (10, 20):
         run = by_name[f"adaptive_global_lrsqrt_c{c}"]
