@@ -416,7 +416,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert doubled["parameterized_weight_decay"] == 0.2 and doubled["parameterized_lr_scale"] == 4
     dropout = print_config(by_name["adaptive_global_lr4_do0.1_c4"], text_file, capsys)["model"]
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
-    assert dropout["parameterized_weight_decay"] is None and dropout["parameterization"]["init_args"]["budget"] == "global"
+    assert dropout["parameterized_weight_decay"] is None
+    assert dropout["parameterization"]["init_args"]["budget"] == "global"
     # At c = 10 and 20 the coefficient lr is scaled by √c, on the adaptive group's global run at that c.
     for c in (10, 20):
         run = by_name[f"adaptive_global_lrsqrt_c{c}"]
