@@ -31,11 +31,12 @@ Groups:
   (``adaptive_lr2_c4``) or global (``adaptive_global_lr2_c4``; × 4 = c: ``adaptive_global_lr4_c4``), and fixed
   random ones (``dct_random_lr2_c4``); moving supports from a low-pass start (``adaptive_lowpass_c4``); the global
   lr × 2 and lr × 4 runs with model dropout 0.1, the tuned dense model's (``adaptive_global_lr2_do0.1_c4``,
-  ``adaptive_global_lr4_do0.1_c4``) or growing by Ĝ
-  summed over the 20 steps before each update (``adaptive_global_lr2_gw20_c4``, option ``grow_window``); at
-  c = 10 and 20 the global run with the lr scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also
-  with dropout 0.1, and by c (``adaptive_global_lr10_c10``). The runs they vary (the adaptive group's, the fixed
-  random one) join them as references, with dense and dct4x.
+  ``adaptive_global_lr4_do0.1_c4``) or growing by Ĝ summed over the 20 steps before each update
+  (``adaptive_global_lr2_gw20_c4``, option ``grow_window``); the global lr × 4 run at c = 3.79, the budget nearest
+  30% of the dense parameters (``adaptive_global_lr4_c3.79``: 29.9%); at c = 10 and 20 the global run with the lr
+  scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also with dropout 0.1, and by c
+  (``adaptive_global_lr10_c10``), and the decay variants of lr × c (``..._wd_...``, ``..._wd2_...``, see TRIES).
+  The runs they vary (the adaptive group's, the fixed random one) join them as references, with dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
 
@@ -163,10 +164,11 @@ ADAPTIVE_RUNS: dict[str, tuple[str, str, str]] = {
 ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
 # The tries group: (run name, table label, the run it varies, its compression, its one change as options). The run
 # it varies is a support budget of the adaptive group ("per_layer", "global"), "random" for the fixed random support,
-# or an earlier try (a change stacked on that try). Coefficient lr scales are √c: an AdamW step then moves W as far,
-# in Frobenius norm, as a dense step does. AdamW's decoupled decay shrinks by lr × weight_decay per step, so a scaled
-# rate also scales the decay; the "decay ÷ s" tries set the coefficients' weight_decay to 0.1 / s, which keeps it,
-# and "decay × 2" doubles it (0.2: the coefficients then shrink 8 times as fast per step as the dense weights).
+# or an earlier try (a change stacked on that try; a try that changes the compression lists the new one as its own).
+# Coefficient lr scales are √c: an AdamW step then moves W as far, in Frobenius norm, as a dense step does. AdamW's
+# decoupled decay shrinks by lr × weight_decay per step, so a scaled rate also scales the decay; the "decay ÷ s"
+# tries set the coefficients' weight_decay to 0.1 / s, which keeps it, and "decay × 2" doubles it (0.2: the
+# coefficients then shrink 8 times as fast per step as the dense weights).
 TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
     (
         "adaptive_lr2_c4",
@@ -259,6 +261,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lr4_c4",
         4.0,
         ("--model.dropout", "0.1"),
+    ),
+    (
+        "adaptive_global_lr4_c3.79",
+        "adaptive, global, coefficient lr × 4, c = 3.79",
+        "adaptive_global_lr4_c4",
+        3.79,
+        ("--model.parameterization.init_args.compression", "3.79"),
     ),
     (
         "adaptive_global_lrsqrt_c20",
@@ -399,6 +408,7 @@ def try_spec(name: str) -> RunSpec:
     return replace(
         spec,
         name=name,
+        compression=c,  # a try may change the compression of the try it varies
         parameterization=label,
         overrides=spec.overrides + change,
         description=f"{spec.description}, {label.rsplit(', ', 1)[-1]}",

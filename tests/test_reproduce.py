@@ -373,6 +373,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lr10_c10",
         "adaptive_global_lr4_wd_c4", "adaptive_global_lr10_wd_c10", "adaptive_global_lr4_wd2_c4",
         "adaptive_global_lr4_do0.1_c4",
+        "adaptive_global_lr4_c3.79",
         "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
@@ -418,6 +419,12 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
     assert dropout["parameterized_weight_decay"] is None
     assert dropout["parameterization"]["init_args"]["budget"] == "global"
+    # The budget nearest 30% of the dense model's parameters: c = 3.79 stores 247,440 of 826,368 (29.9%).
+    near30 = by_name["adaptive_global_lr4_c3.79"]
+    assert near30.compression == 3.79 and near30.config == "adaptive/dct4x-global.yaml"
+    assert near30.overrides[-2:] == ("--model.parameterization.init_args.compression", "3.79")
+    printed = print_config(near30, text_file, capsys)["model"]
+    assert printed["parameterization"]["init_args"]["compression"] == 3.79 and printed["parameterized_lr_scale"] == 4
     # At c = 10 and 20 the coefficient lr is scaled by √c, on the adaptive group's global run at that c.
     for c in (10, 20):
         run = by_name[f"adaptive_global_lrsqrt_c{c}"]
