@@ -14,6 +14,7 @@ import yaml
 from helpers import REPO, make_text
 
 from spectral_lightning import DCT, Dense
+from spectral_lightning.analysis import parameter_report
 from spectral_lightning.cli import cli_main
 from spectral_lightning.model import GPT, GPTConfig
 from spectral_lightning.parameterizations import find_class, resolve
@@ -419,7 +420,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
     assert dropout["parameterized_weight_decay"] is None
     assert dropout["parameterization"]["init_args"]["budget"] == "global"
-    # The budget nearest 30% of the dense model's parameters: c = 3.79 stores 247,440 of 826,368 (29.9%).
+    # The budget nearest 30% of the dense model's parameters (test_c379_is_the_budget_nearest_30_percent).
     near30 = by_name["adaptive_global_lr4_c3.79"]
     assert near30.compression == 3.79 and near30.config == "adaptive/dct4x-global.yaml"
     assert near30.overrides[-2:] == ("--model.parameterization.init_args.compression", "3.79")
@@ -432,6 +433,13 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         printed = print_config(run, text_file, capsys)["model"]
         assert printed["parameterized_lr_scale"] == pytest.approx(math.sqrt(c), abs=1e-3)
         assert printed["parameterization"]["init_args"]["compression"] == c
+
+
+def test_c379_is_the_budget_nearest_30_percent():
+    """The c = 3.79 try holds the issue's "at most 30% of the dense parameters"; the next step down, c = 3.78, not."""
+    stored = {c: parameter_report(GPT(GPTConfig(), DCT(compression=c, selection="random")))[1] for c in (3.78, 3.79)}
+    assert stored[3.79].stored == 247_440 and stored[3.79].dense == 826_368
+    assert stored[3.79].ratio <= 0.30 < stored[3.78].ratio
 
 
 def test_tries_table_pairs_each_try_with_its_base_by_seed():
