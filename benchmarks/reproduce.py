@@ -164,7 +164,7 @@ ADAPTIVE_RUNS: dict[str, tuple[str, str, str]] = {
 ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
 # The tries group: (run name, table label, the run it varies, its compression, its one change as options). The run
 # it varies is a support budget of the adaptive group ("per_layer", "global"), "random" for the fixed random support,
-# or an earlier try (a change stacked on that try; a try that changes the compression lists the new one as its own).
+# or an earlier try (a change stacked on that try; a compression other than that try's is the change, set last).
 # Coefficient lr scales are √c: an AdamW step then moves W as far, in Frobenius norm, as a dense step does. AdamW's
 # decoupled decay shrinks by lr × weight_decay per step, so a scaled rate also scales the decay; the "decay ÷ s"
 # tries set the coefficients' weight_decay to 0.1 / s, which keeps it, and "decay × 2" doubles it (0.2: the
@@ -267,7 +267,7 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive, global, coefficient lr × 4, c = 3.79",
         "adaptive_global_lr4_c4",
         3.79,
-        ("--model.parameterization.init_args.compression", "3.79"),
+        (),  # the change is the compression itself
     ),
     (
         "adaptive_global_lrsqrt_c20",
@@ -405,10 +405,12 @@ def try_spec(name: str) -> RunSpec:
     these runs out: the Tries table holds them)."""
     _, label, base, c, change = next(t for t in TRIES if t[0] == name)
     spec = try_base(base, c)
+    if c != spec.compression:  # a try of another try may change its compression: set last, so it wins
+        change = (*change, "--model.parameterization.init_args.compression", f"{c:g}")
     return replace(
         spec,
         name=name,
-        compression=c,  # a try may change the compression of the try it varies
+        compression=c,
         parameterization=label,
         overrides=spec.overrides + change,
         description=f"{spec.description}, {label.rsplit(', ', 1)[-1]}",
