@@ -8,6 +8,7 @@ model and its tokenizer.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -71,6 +72,9 @@ class SpectralLM(L.LightningModule):
         parameterized_weight_decay: decoupled weight decay (≥ 0) of those Parameters, in their own group; None (the
             default): ``weight_decay``. AdamW shrinks by lr × decay per step, so a group with ``parameterized_lr_scale``
             s decays s times as fast as the rest unless this is ``weight_decay / s``.
+        parameterized_min_lr: floor of those Parameters' cosine decay, in their own group; None (the default):
+            ``min_lr × parameterized_lr_scale`` (the floor keeps its ratio to the group's peak). Set it to ``min_lr``
+            to anneal a scaled group as far down as the rest.
         compile: run the model through ``torch.compile`` (parameterized layers are built first, then the
             whole GPT is compiled; the state dict keeps its plain names).
         compile_mode: ``torch.compile`` mode when ``compile`` is on: ``default``, ``reduce-overhead`` (CUDA
@@ -109,6 +113,7 @@ class SpectralLM(L.LightningModule):
         min_lr: float = 1e-4,
         parameterized_lr_scale: float = 1.0,
         parameterized_weight_decay: float | None = None,
+        parameterized_min_lr: float | None = None,
         compile: bool = False,
         compile_mode: str | None = None,
         check_finite: bool = True,
@@ -136,6 +141,12 @@ class SpectralLM(L.LightningModule):
             raise ConfigError(
                 f"model.parameterized_weight_decay={parameterized_weight_decay} is not valid: expected a number >= 0"
                 " or null (the same as model.weight_decay)"
+            )
+        if parameterized_min_lr is not None and not 0 <= parameterized_min_lr <= lr * parameterized_lr_scale:
+            raise ConfigError(
+                f"model.parameterized_min_lr={parameterized_min_lr} is not valid: expected a number between 0 and"
+                f" model.lr × model.parameterized_lr_scale = {lr * parameterized_lr_scale:g}, or null (model.min_lr ×"
+                " model.parameterized_lr_scale)"
             )
         self.tokenizer = tokenizer_from_spec(vocab)
         self.parameterization = resolve(parameterization)
@@ -261,14 +272,14 @@ class SpectralLM(L.LightningModule):
         ``transformers`` model's linears left unparameterized (``nn.Linear``, ``Conv1D``) decay their weights too;
         a weight tied to an embedding is decayed once, as a linear's.
 
-        With ``parameterized_lr_scale`` ≠ 1 or a ``parameterized_weight_decay`` the parameterized linears' decayed
-        Parameters move to a third group with their own ``lr`` and decay; otherwise there are two groups, as in
-        checkpoints written before.
+        With ``parameterized_lr_scale`` ≠ 1, a ``parameterized_weight_decay`` or a ``parameterized_min_lr`` the
+        parameterized linears' decayed Parameters move to a third group with their own ``lr``, decay and floor
+        (``lr_floors``); otherwise there are two groups, as in checkpoints written before.
         """
         hp = self.hparams
         scale = hp.get("parameterized_lr_scale", 1.0)
         own_decay = hp.get("parameterized_weight_decay")
-        separate = scale != 1.0 or own_decay is not None
+        separate = scale != 1.0 or own_decay is not None or hp.get("parameterized_min_lr") is not None
         chosen = set(self.model.parameterized)  # the linears built by the parameterization (the rest: dense)
         owned: dict[int, tuple[torch.nn.Parameter, bool]] = {}  # in module order (the optimizer state's order)
         for name, m in self.model.named_modules():
@@ -287,21 +298,38 @@ class SpectralLM(L.LightningModule):
             groups.append({"params": scaled, "weight_decay": decay_rate, "lr": hp.lr * scale})
         return groups
 
-    def lr_factor(self, step: int, total_steps: int) -> float:
-        """Linear warm-up to 1, then cosine decay to ``min_lr / lr`` at ``total_steps``."""
+    def lr_floors(self, n_groups: int) -> list[float]:
+        """The floor of each of the ``n_groups`` AdamW groups (``parameter_groups`` order) as a fraction of its
+        peak rate: ``min_lr / lr``, and ``parameterized_min_lr / (lr × parameterized_lr_scale)`` for the
+        parameterized linears' own group when that option is set."""
+        hp = self.hparams
+        floors = [hp.min_lr / hp.lr] * n_groups
+        own_min = hp.get("parameterized_min_lr")
+        if own_min is not None and len(floors) == 3:  # the third group: the parameterized linears' own
+            floors[2] = own_min / (hp.lr * hp.get("parameterized_lr_scale", 1.0))
+        return floors
+
+    def lr_factor(self, step: int, total_steps: int, floor: float | None = None) -> float:
+        """Linear warm-up to 1, then cosine decay to ``floor`` (default ``min_lr / lr``) at ``total_steps``."""
         hp = self.hparams
         if step < hp.warmup_steps:
             return (step + 1) / hp.warmup_steps
-        floor = hp.min_lr / hp.lr
+        floor = hp.min_lr / hp.lr if floor is None else floor
         progress = min(1.0, (step - hp.warmup_steps) / max(1, total_steps - hp.warmup_steps))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        groups = self.parameter_groups()
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, int(total)))
+        floors = self.lr_floors(len(groups))
+        if len(set(floors)) == 1:  # one schedule for every group, as in checkpoints written before
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, int(total)))
+        else:
+            factors = [functools.partial(self.lr_factor, total_steps=int(total), floor=f) for f in floors]
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:

@@ -286,6 +286,37 @@ def test_parameterized_weight_decay_sets_the_compressed_linears_decay() -> None:
         SpectralLM(**kwargs, parameterized_weight_decay=-0.1)
 
 
+def test_parameterized_min_lr_anneals_the_scaled_group_to_its_own_floor(text_file: Path, tmp_path: Path) -> None:
+    """parameterized_min_lr: the scaled coefficients warm up to lr × 4 and anneal to their own floor (here the
+    shared min_lr, 1/40 of their peak) while every other group anneals to min_lr; a run resumed half-way follows
+    the same per-group schedule; a floor above the group's peak is refused with the option's name."""
+    dm, hparams = _resume_setup(text_file)
+    hparams |= dict(parameterized_lr_scale=4.0, parameterized_min_lr=1e-4, min_lr=1e-4)
+    model = SpectralLM(**hparams)
+    assert model.lr_floors(3) == pytest.approx([1e-4 / 2e-3, 1e-4 / 2e-3, 1e-4 / 8e-3])
+    assert SpectralLM(**(hparams | dict(parameterized_min_lr=None))).lr_floors(3) == pytest.approx([0.05] * 3)
+
+    class GroupRates(Callback):
+        def __init__(self) -> None:
+            self.rates: list[list[float]] = []
+
+        def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
+            self.rates.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+    L.seed_everything(3)
+    make_trainer(tmp_path, 10, [checkpointing(tmp_path / "ckpt")]).fit(SpectralLM(**hparams), dm)
+    resumed, rates = SpectralLM(**hparams), GroupRates()
+    trainer = make_trainer(tmp_path, 20, [checkpointing(tmp_path / "ckpt"), rates])
+    trainer.fit(resumed, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    for step, (dense, no_decay, coef) in zip(range(10, 20), rates.rates, strict=True):
+        assert dense == no_decay == pytest.approx(2e-3 * resumed.lr_factor(step, 20), rel=1e-12)
+        assert coef == pytest.approx(8e-3 * resumed.lr_factor(step, 20, floor=1 / 80), rel=1e-12)
+    final = [g["lr"] for g in trainer.optimizers[0].param_groups]
+    assert final == pytest.approx([1e-4, 1e-4, 1e-4], rel=1e-12)  # both floors reached at max_steps
+    with pytest.raises(ConfigError, match=r"model.parameterized_min_lr=0.01 is not valid: expected a number between 0"):
+        SpectralLM(**(hparams | dict(parameterized_min_lr=1e-2)))
+
+
 def test_lr_factor_warmup_then_cosine_to_floor() -> None:
     model = SpectralLM(vocab="ab", block_size=8, **TINY, lr=1e-3, min_lr=1e-4, warmup_steps=10)
     f = model.lr_factor
