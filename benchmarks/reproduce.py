@@ -270,6 +270,20 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         (),  # the change is the compression itself
     ),
     (
+        "adaptive_global_lr4_df0.1_c4",
+        "adaptive, global, coefficient lr × 4, drop fraction 0.1",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterization.init_args.drop_fraction", "0.1"),
+    ),
+    (
+        "adaptive_global_lr4_floor_c4",
+        "adaptive, global, coefficient lr × 4, annealed to min_lr",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterized_min_lr", "1e-4"),
+    ),
+    (
         "adaptive_global_lrsqrt_c20",
         "adaptive, global, coefficient lr × √20",
         "global",

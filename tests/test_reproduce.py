@@ -374,7 +374,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lrsqrt_c10", "adaptive_global_lrsqrt_do0.1_c10", "adaptive_global_lr10_c10",
         "adaptive_global_lr4_wd_c4", "adaptive_global_lr10_wd_c10", "adaptive_global_lr4_wd2_c4",
         "adaptive_global_lr4_do0.1_c4",
-        "adaptive_global_lr4_c3.79",
+        "adaptive_global_lr4_c3.79", "adaptive_global_lr4_df0.1_c4", "adaptive_global_lr4_floor_c4",
         "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
@@ -426,6 +426,12 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert near30.overrides[-2:] == ("--model.parameterization.init_args.compression", "3.79")
     printed = print_config(near30, text_file, capsys)["model"]
     assert printed["parameterization"]["init_args"]["compression"] == 3.79 and printed["parameterized_lr_scale"] == 4
+    # Less churn (a third of the moves) and a coefficient rate annealed to the other weights' floor, at lr × 4.
+    churn = print_config(by_name["adaptive_global_lr4_df0.1_c4"], text_file, capsys)["model"]
+    assert churn["parameterization"]["init_args"]["drop_fraction"] == 0.1 and churn["parameterized_lr_scale"] == 4
+    floor = print_config(by_name["adaptive_global_lr4_floor_c4"], text_file, capsys)["model"]
+    assert floor["parameterized_min_lr"] == floor["min_lr"] == 1e-4 and floor["parameterized_lr_scale"] == 4
+    assert floor["parameterization"]["init_args"]["drop_fraction"] == 0.3
     # At c = 10 and 20 the coefficient lr is scaled by √c, on the adaptive group's global run at that c.
     for c in (10, 20):
         run = by_name[f"adaptive_global_lrsqrt_c{c}"]
