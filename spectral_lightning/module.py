@@ -273,13 +273,15 @@ class SpectralLM(L.LightningModule):
         a weight tied to an embedding is decayed once, as a linear's.
 
         With ``parameterized_lr_scale`` ≠ 1, a ``parameterized_weight_decay`` or a ``parameterized_min_lr`` the
-        parameterized linears' decayed Parameters move to a third group with their own ``lr``, decay and floor
-        (``lr_floors``); otherwise there are two groups, as in checkpoints written before.
+        parameterized linears' decayed Parameters move to a third group with their own ``lr``, decay and, when set,
+        ``min_lr`` (the floor of its schedule, ``lr_floors``); otherwise there are two groups, as in checkpoints
+        written before.
         """
         hp = self.hparams
         scale = hp.get("parameterized_lr_scale", 1.0)
         own_decay = hp.get("parameterized_weight_decay")
-        separate = scale != 1.0 or own_decay is not None or hp.get("parameterized_min_lr") is not None
+        own_min = hp.get("parameterized_min_lr")
+        separate = scale != 1.0 or own_decay is not None or own_min is not None
         chosen = set(self.model.parameterized)  # the linears built by the parameterization (the rest: dense)
         owned: dict[int, tuple[torch.nn.Parameter, bool]] = {}  # in module order (the optimizer state's order)
         for name, m in self.model.named_modules():
@@ -296,18 +298,16 @@ class SpectralLM(L.LightningModule):
         if scaled:
             decay_rate = hp.weight_decay if own_decay is None else own_decay
             groups.append({"params": scaled, "weight_decay": decay_rate, "lr": hp.lr * scale})
+            if own_min is not None:
+                groups[-1]["min_lr"] = own_min
         return groups
 
-    def lr_floors(self, n_groups: int) -> list[float]:
-        """The floor of each of the ``n_groups`` AdamW groups (``parameter_groups`` order) as a fraction of its
-        peak rate: ``min_lr / lr``, and ``parameterized_min_lr / (lr × parameterized_lr_scale)`` for the
-        parameterized linears' own group when that option is set."""
+    def lr_floors(self, groups: list[dict[str, Any]] | None = None) -> list[float]:
+        """The floor of each AdamW group (default: ``parameter_groups()``) as a fraction of its peak rate: its own
+        ``min_lr / lr`` where the group sets one (``parameterized_min_lr``), else the model's ``min_lr / lr``."""
         hp = self.hparams
-        floors = [hp.min_lr / hp.lr] * n_groups
-        own_min = hp.get("parameterized_min_lr")
-        if own_min is not None and len(floors) == 3:  # the third group: the parameterized linears' own
-            floors[2] = own_min / (hp.lr * hp.get("parameterized_lr_scale", 1.0))
-        return floors
+        groups = self.parameter_groups() if groups is None else groups
+        return [g["min_lr"] / g["lr"] if "min_lr" in g else hp.min_lr / hp.lr for g in groups]
 
     def lr_factor(self, step: int, total_steps: int, floor: float | None = None) -> float:
         """Linear warm-up to 1, then cosine decay to ``floor`` (default ``min_lr / lr``) at ``total_steps``."""
@@ -324,7 +324,7 @@ class SpectralLM(L.LightningModule):
         groups = self.parameter_groups()
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        floors = self.lr_floors(len(groups))
+        floors = self.lr_floors(groups)
         if len(set(floors)) == 1:  # one schedule for every group, as in checkpoints written before
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, int(total)))
         else:

@@ -293,8 +293,8 @@ def test_parameterized_min_lr_anneals_the_scaled_group_to_its_own_floor(text_fil
     dm, hparams = _resume_setup(text_file)
     hparams |= dict(parameterized_lr_scale=4.0, parameterized_min_lr=1e-4, min_lr=1e-4)
     model = SpectralLM(**hparams)
-    assert model.lr_floors(3) == pytest.approx([1e-4 / 2e-3, 1e-4 / 2e-3, 1e-4 / 8e-3])
-    assert SpectralLM(**(hparams | dict(parameterized_min_lr=None))).lr_floors(3) == pytest.approx([0.05] * 3)
+    assert model.lr_floors() == pytest.approx([1e-4 / 2e-3, 1e-4 / 2e-3, 1e-4 / 8e-3])
+    assert SpectralLM(**(hparams | dict(parameterized_min_lr=None))).lr_floors() == pytest.approx([0.05] * 3)
 
     class GroupRates(Callback):
         def __init__(self) -> None:
