@@ -284,6 +284,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         ("--model.parameterized_min_lr", "1e-4"),
     ),
     (
+        "adaptive_global_lr4_df0.5_c4",
+        "adaptive, global, coefficient lr × 4, drop fraction 0.5",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterization.init_args.drop_fraction", "0.5"),
+    ),
+    (
         "adaptive_global_lrsqrt_c20",
         "adaptive, global, coefficient lr × √20",
         "global",

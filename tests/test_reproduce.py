@@ -375,7 +375,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lr4_wd_c4", "adaptive_global_lr10_wd_c10", "adaptive_global_lr4_wd2_c4",
         "adaptive_global_lr4_do0.1_c4",
         "adaptive_global_lr4_c3.79", "adaptive_global_lr4_df0.1_c4", "adaptive_global_lr4_floor_c4",
-        "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr4_df0.5_c4", "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -426,9 +426,11 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert near30.overrides[-2:] == ("--model.parameterization.init_args.compression", "3.79")
     printed = print_config(near30, text_file, capsys)["model"]
     assert printed["parameterization"]["init_args"]["compression"] == 3.79 and printed["parameterized_lr_scale"] == 4
-    # Less churn (a third of the moves) and a coefficient rate annealed to the other weights' floor, at lr × 4.
+    # Less and more churn (a third, 5/3 of the moves) and a coefficient rate annealed to the other weights' floor, at lr × 4.
     churn = print_config(by_name["adaptive_global_lr4_df0.1_c4"], text_file, capsys)["model"]
     assert churn["parameterization"]["init_args"]["drop_fraction"] == 0.1 and churn["parameterized_lr_scale"] == 4
+    more = print_config(by_name["adaptive_global_lr4_df0.5_c4"], text_file, capsys)["model"]
+    assert more["parameterization"]["init_args"]["drop_fraction"] == 0.5 and more["parameterized_lr_scale"] == 4
     floor = print_config(by_name["adaptive_global_lr4_floor_c4"], text_file, capsys)["model"]
     assert floor["parameterized_min_lr"] == floor["min_lr"] == 1e-4 and floor["parameterized_lr_scale"] == 4
     assert floor["parameterization"]["init_args"]["drop_fraction"] == 0.3
