@@ -426,7 +426,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert near30.overrides[-2:] == ("--model.parameterization.init_args.compression", "3.79")
     printed = print_config(near30, text_file, capsys)["model"]
     assert printed["parameterization"]["init_args"]["compression"] == 3.79 and printed["parameterized_lr_scale"] == 4
-    # Less and more churn (a third, 5/3 of the moves) and a coefficient rate annealed to the other weights' floor, at lr × 4.
+    # Less and more churn (drop fraction 0.1, 0.5) and a coefficient rate annealed to the dense floor, at lr × 4.
     churn = print_config(by_name["adaptive_global_lr4_df0.1_c4"], text_file, capsys)["model"]
     assert churn["parameterization"]["init_args"]["drop_fraction"] == 0.1 and churn["parameterized_lr_scale"] == 4
     more = print_config(by_name["adaptive_global_lr4_df0.5_c4"], text_file, capsys)["model"]
