@@ -291,6 +291,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         ("--model.parameterization.init_args.drop_fraction", "0.5"),
     ),
     (
+        "adaptive_global_lr4_do0.05_c4",
+        "adaptive, global, coefficient lr × 4, dropout 0.05",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.dropout", "0.05"),
+    ),
+    (
         "adaptive_global_lrsqrt_c20",
         "adaptive, global, coefficient lr × √20",
         "global",

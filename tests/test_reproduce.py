@@ -375,7 +375,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lr4_wd_c4", "adaptive_global_lr10_wd_c10", "adaptive_global_lr4_wd2_c4",
         "adaptive_global_lr4_do0.1_c4",
         "adaptive_global_lr4_c3.79", "adaptive_global_lr4_df0.1_c4", "adaptive_global_lr4_floor_c4",
-        "adaptive_global_lr4_df0.5_c4", "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr4_df0.5_c4", "adaptive_global_lr4_do0.05_c4", "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -420,6 +420,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
     assert dropout["parameterized_weight_decay"] is None
     assert dropout["parameterization"]["init_args"]["budget"] == "global"
+    half = print_config(by_name["adaptive_global_lr4_do0.05_c4"], text_file, capsys)["model"]
+    assert half["dropout"] == 0.05 and half["parameterized_lr_scale"] == 4
     # The budget nearest 30% of the dense model's parameters (test_c379_is_the_budget_nearest_30_percent).
     near30 = by_name["adaptive_global_lr4_c3.79"]
     assert near30.compression == 3.79 and near30.config == "adaptive/dct4x-global.yaml"
