@@ -35,7 +35,8 @@ Groups:
   (``adaptive_global_lr2_gw20_c4``, option ``grow_window``); the global lr × 4 run at c = 3.79, the budget nearest
   30% of the dense parameters (``adaptive_global_lr4_c3.79``: 29.9%); at c = 10 and 20 the global run with the lr
   scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also with dropout 0.1, and by c
-  (``adaptive_global_lr10_c10``), and the decay variants of lr × c (``..._wd_...``, ``..._wd2_...``, see TRIES).
+  (``adaptive_global_lr10_c10``), and the decay variants of lr × c (``..._wd_...``, ``..._wd2_...``,
+  ``..._wd4_...``, see TRIES).
   The runs they vary (the adaptive group's, the fixed random one) join them as references, with dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
@@ -167,8 +168,8 @@ ADAPTIVE_COMPRESSIONS: tuple[float, ...] = (4.0, 10.0, 20.0)
 # or an earlier try (a change stacked on that try; a compression other than that try's is the change, set last).
 # Coefficient lr scales are √c: an AdamW step then moves W as far, in Frobenius norm, as a dense step does. AdamW's
 # decoupled decay shrinks by lr × weight_decay per step, so a scaled rate also scales the decay; the "decay ÷ s"
-# tries set the coefficients' weight_decay to 0.1 / s, which keeps it, and "decay × 2" doubles it (0.2: the
-# coefficients then shrink 8 times as fast per step as the dense weights).
+# tries set the coefficients' weight_decay to 0.1 / s, which keeps it, and "decay × 2" and "× 4" double and quadruple
+# it (0.2 and 0.4: the coefficients then shrink 8 and 16 times as fast per step as the dense weights).
 TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
     (
         "adaptive_lr2_c4",
@@ -296,6 +297,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lr4_c4",
         4.0,
         ("--model.dropout", "0.05"),
+    ),
+    (
+        "adaptive_global_lr4_wd4_c4",
+        "adaptive, global, coefficient lr × 4, their decay × 4",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterized_weight_decay", "0.4"),
     ),
     (
         "adaptive_global_lrsqrt_c20",

@@ -375,7 +375,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lr4_wd_c4", "adaptive_global_lr10_wd_c10", "adaptive_global_lr4_wd2_c4",
         "adaptive_global_lr4_do0.1_c4",
         "adaptive_global_lr4_c3.79", "adaptive_global_lr4_df0.1_c4", "adaptive_global_lr4_floor_c4",
-        "adaptive_global_lr4_df0.5_c4", "adaptive_global_lr4_do0.05_c4", "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr4_df0.5_c4", "adaptive_global_lr4_do0.05_c4", "adaptive_global_lr4_wd4_c4",
+        "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -416,6 +417,9 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         assert printed["weight_decay"] == 0.1 and printed["parameterization"]["init_args"]["budget"] == "global"
     doubled = print_config(by_name["adaptive_global_lr4_wd2_c4"], text_file, capsys)["model"]
     assert doubled["parameterized_weight_decay"] == 0.2 and doubled["parameterized_lr_scale"] == 4
+    quadrupled = print_config(by_name["adaptive_global_lr4_wd4_c4"], text_file, capsys)["model"]
+    assert quadrupled["parameterized_weight_decay"] == 0.4 and quadrupled["parameterized_lr_scale"] == 4
+    assert quadrupled["weight_decay"] == 0.1
     dropout = print_config(by_name["adaptive_global_lr4_do0.1_c4"], text_file, capsys)["model"]
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
     assert dropout["parameterized_weight_decay"] is None
