@@ -36,7 +36,8 @@ Groups:
   30% of the dense parameters (``adaptive_global_lr4_c3.79``: 29.9%); at c = 10 and 20 the global run with the lr
   scaled by √c (``adaptive_global_lrsqrt_c10``, ``_c20``), at c = 10 also with dropout 0.1, and by c
   (``adaptive_global_lr10_c10``), and the decay variants of lr × c (``..._wd_...``, ``..._wd2_...``,
-  ``..._wd4_...``, see TRIES).
+  ``..._wd4_...``, see TRIES), and late dropout (``adaptive_global_lr4_late0.1_c4``: dropout 0.1 from step 2,000,
+  where the lr × 4 run falls behind the tuned dense model).
   The runs they vary (the adaptive group's, the fixed random one) join them as references, with dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
@@ -304,6 +305,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lr4_c4",
         4.0,
         ("--model.parameterized_weight_decay", "0.4"),
+    ),
+    (
+        "adaptive_global_lr4_late0.1_c4",
+        "adaptive, global, coefficient lr × 4, dropout 0.1 from step 2,000",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.dropout", "0.1", "--model.dropout_from_step", "2000"),
     ),
     (
         "adaptive_global_lrsqrt_c20",

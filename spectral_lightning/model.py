@@ -122,6 +122,17 @@ class CausalLM(nn.Module):
         """Token ids (B, T) to logits (B, T, V); ``forward`` checks the length and batches reconstruction."""
         raise NotImplementedError
 
+    def set_dropout(self, p: float) -> None:
+        """Set every dropout of the model to probability ``p``: its ``nn.Dropout`` layers and the attention
+        probabilities' (an attention module's float ``dropout``). The training module's late dropout
+        (``dropout_from_step``) switches it on this way; the config keeps the probability the model was built with.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(getattr(module, "dropout", None), float):
+                module.dropout = p
+
     def linears(self) -> dict[str, ParameterizedLinear]:
         """Every parameterized-linear layer by module name (those of the chosen parameterization and the dense
         ones the factory built)."""

@@ -97,6 +97,24 @@ def test_default_patterns_stand_for_each_architectures_block_linears() -> None:
     assert patterns_for("hf", ["transformer.h.*.mlp.*"]) == ["transformer.h.*.mlp.*"]
 
 
+@pytest.mark.parametrize("architecture", ["gpt", "llama"])
+def test_set_dropout_reaches_every_dropout_of_the_built_in_models(architecture: str) -> None:
+    """Late dropout (``dropout_from_step``) switches the model's dropout off and on through ``set_dropout``: every
+    ``nn.Dropout`` and the attention probabilities' dropout; in training mode the output then follows ``p``."""
+    module = SpectralLM(vocab="abcdefgh", block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.3,
+                        architecture=architecture, dropout_from_step=3)  # fmt: skip
+    model, idx = module.model.train(), torch.randint(0, 8, (2, 8))
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    attention = [m for m in model.modules() if isinstance(getattr(m, "dropout", None), float)]
+    assert len(dropouts) >= 2 * 2 + 1 and len(attention) == 2  # residual branches and embedding; one per block
+    model.set_dropout(0.0)
+    assert {m.p for m in dropouts} == {m.dropout for m in attention} == {0.0}
+    assert torch.equal(model(idx), model.eval()(idx))  # no dropout left: training mode computes eval's output
+    model.train().set_dropout(0.3)
+    assert {m.p for m in dropouts} == {m.dropout for m in attention} == {0.3}
+    assert not torch.equal(model(idx), model.eval()(idx))
+
+
 def test_hf_needs_a_config_and_names_what_is_valid() -> None:
     pytest.importorskip("transformers")
     from spectral_lightning.errors import ConfigError

@@ -159,6 +159,10 @@ ROWS = [
         ("blocks.*.attn.qkvx", "match no linear layer", "blocks.0.attn.qkv, blocks.0.attn.proj")),
     Row("lr_negative", lambda e: fit("--model.lr", "-1"), ("model.lr=-1.0", "lr > 0")),
     Row("dropout_one", lambda e: fit("--model.dropout", "1.0"), ("dropout=1.0", "[0, 1)")),
+    Row("dropout_from_negative_step", lambda e: fit("--model.dropout", "0.1", "--model.dropout_from_step", "-1"),
+        ("model.dropout_from_step=-1", "a step >= 0")),
+    Row("dropout_from_step_without_dropout", lambda e: fit("--model.dropout_from_step", "5"),
+        ("model.dropout_from_step=5", "needs model.dropout > 0 (it is 0.0)", "or set it to 0")),
     # -- YAML -----------------------------------------------------------------------------------------------
     Row("yaml_unknown_key", lambda e: fit("--config", e.write("typo.yaml", "model:\n  n_layr: 2\n")),
         ("unknown option model.n_layr in typo.yaml", "did you mean model.n_layer?", "fit --help lists every option")),

@@ -170,6 +170,36 @@ def test_sigint_in_the_cli_process_saves_and_resume_is_exact(uninterrupted: dict
     assert_same_run(uninterrupted, load(folder / "runs/exp/version_1/checkpoints/last.ckpt"))
 
 
+def test_late_dropout_trains_without_dropout_until_its_step_and_resumes_exactly(tmp_path: Path) -> None:
+    """``dropout_from_step``: no dropout before the step (the same weights as a dropout-0 run), dropout after it,
+    and a run interrupted before the switch and resumed after it matches the uninterrupted one bit for bit."""
+    late = ["--model.dropout_from_step", "9"]
+    before = prepare(tmp_path / "before")
+    assert fit(before, *late, "--trainer.max_steps", "9") == 0
+    without = prepare(tmp_path / "without")
+    assert fit(without, "--model.dropout", "0", "--trainer.max_steps", "9") == 0
+    weights = [load(f / "runs/exp/version_0/checkpoints/last.ckpt")["state_dict"] for f in (before, without)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    whole = prepare(tmp_path / "whole")
+    assert fit(whole, *late) == 0
+    expected = load(whole / "runs/exp/version_0/checkpoints/last.ckpt")
+    # From step 9 on dropout is on: the 15-step run parts from both the dropout-0 run and the dropout-from-0 run.
+    assert fit(without, "--model.dropout", "0", "--trainer.logger.init_args.version", "longer") == 0
+    full = prepare(tmp_path / "full")
+    assert fit(full) == 0
+    head = "model.lm_head.weight"
+    for other in (without / "runs/exp/longer", full / "runs/exp/version_0"):
+        ckpt = load(other / "checkpoints/last.ckpt")
+        assert ckpt["global_step"] == 15
+        assert not torch.equal(ckpt["state_dict"][head], expected["state_dict"][head])
+
+    resumed = prepare(tmp_path / "resumed")
+    assert fit(resumed, *late, *interrupt_at(7, signal.SIGTERM)) == 128 + signal.SIGTERM
+    assert fit(resumed, *late, "--ckpt_path", "last") == 0
+    assert_same_run(expected, load(resumed / "runs/exp/version_0/checkpoints/last.ckpt"))
+
+
 # -- numerical faults --------------------------------------------------------------------------------------------
 
 HUGE_LR = ["--model.lr=1e30", "--model.min_lr=0", "--model.warmup_steps=0", "--model.dropout=0",
