@@ -46,10 +46,8 @@ class SpectralLM(L.LightningModule):
         n_head: attention heads (≥ 1, must divide ``n_embd``).
         n_embd: model width d (≥ 1).
         dropout: dropout probability in [0, 1).
-        dropout_from_step: the training step from which ``dropout`` is on (≥ 0; ``gpt`` and ``llama``). 0 (the
-            default): from the first step. A later step trains without dropout until then ("late dropout": the
-            model fits at full speed first and is regularized once it starts to overfit); logged as
-            ``train/dropout``.
+        dropout_from_step: the step from which ``dropout`` is on (≥ 0); a later step than 0 trains without it until
+            then ("late dropout", ``gpt`` and ``llama``; logged as ``train/dropout``).
         bias: biases in linears and LayerNorms (``gpt``; ``llama`` has none).
         architecture: ``gpt`` (the paper's character GPT), ``llama`` (RMSNorm, rotary positions, SwiGLU, no
             biases) or ``hf`` (a ``transformers`` causal LM built from ``hf_config``; needs ``transformers``).
@@ -136,12 +134,11 @@ class SpectralLM(L.LightningModule):
             raise ConfigError(
                 f"model.lr={lr} / model.min_lr={min_lr} are not valid: expected 0 <= min_lr <= lr, lr > 0"
             )
-        if dropout_from_step < 0:
-            raise ConfigError(f"model.dropout_from_step={dropout_from_step} is not valid: expected a step >= 0")
-        if dropout_from_step > 0 and not (dropout > 0 and architecture in ("gpt", "llama")):
+        if dropout_from_step < 0 or (dropout_from_step > 0 and not (dropout > 0 and architecture in ("gpt", "llama"))):
             raise ConfigError(
-                f"model.dropout_from_step={dropout_from_step} needs model.dropout > 0 (it is {dropout}) and"
-                f" model.architecture gpt or llama (it is {architecture!r}); or set it to 0"
+                f"model.dropout_from_step={dropout_from_step} is not valid: expected a step >= 0; a later step than 0"
+                f" needs model.dropout > 0 (it is {dropout}) and model.architecture gpt or llama (it is"
+                f" {architecture!r}); or set it to 0"
             )
         if warmup_steps < 0 or weight_decay < 0:
             raise ConfigError("model.warmup_steps and model.weight_decay must be >= 0")
@@ -251,8 +248,7 @@ class SpectralLM(L.LightningModule):
         # so a resumed run draws exactly what an uninterrupted one does. Without dropout nothing draws from it.
         if self.hparams.dropout > 0:
             torch.manual_seed(derive_seed("dropout", self._dropout_seed, self.global_rank, self.global_step))
-        # Late dropout: a function of the step alone, so a resumed run switches it on where an uninterrupted one does.
-        start = self.hparams.get("dropout_from_step", 0)
+        start = self.hparams.get("dropout_from_step", 0)  # late dropout: set from the step alone, so resume is exact
         if start > 0:
             p = self.hparams.dropout if self.global_step >= start else 0.0
             self.model.set_dropout(p)
