@@ -127,12 +127,12 @@ class AdaptiveSupport(L.Callback):
         if update is None:
             return
         layers = moving_layers(pl_module)
-        if layers[0].support.budget == "global" and isinstance(trainer.strategy, DDPStrategy):
+        if layers[0].support.moves_k and isinstance(trainer.strategy, DDPStrategy):
             _rewrap_ddp(trainer.strategy)
         if not trainer.is_global_zero or not trainer.loggers:
             return
         metrics = {"support/changed": update.changed}
-        if layers[0].support.budget == "global":
+        if layers[0].support.moves_k:
             names = _layer_names(pl_module, layers)
             metrics.update({f"support/k/{name}": float(k) for name, k in zip(names, update.k, strict=True)})
         step = int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))

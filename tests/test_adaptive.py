@@ -77,7 +77,7 @@ def adamw_with_moments(layers: list[torch.nn.Module]) -> torch.optim.AdamW:
         ("drop_fraction", -0.1, "drop_fraction=-0.1 is not valid: expected a number in (0, 1]"),
         ("drop_fraction", True, "drop_fraction=True is not valid: expected a number in (0, 1]"),
         ("grow", "magnitude", "grow='magnitude' is not valid: expected one of gradient, random"),
-        ("budget", "layer", "budget='layer' is not valid: expected one of per_layer, global"),
+        ("budget", "layer", "budget='layer' is not valid: expected one of per_layer, global, global_relative"),
         ("grow_window", 0, "grow_window=0 is out of range for update_every=10: expected an integer in [1, 10]"),
         ("grow_window", 11, "grow_window=11 is out of range for update_every=10: expected an integer in [1, 10]"),
         ("grow_window", 2.5, "grow_window=2.5 is not valid for update_every=10: expected an integer in [1, 10]"),
@@ -223,6 +223,31 @@ def test_global_budget_moves_k_between_layers_keeps_the_total_and_reloads() -> N
     assert [layer.k for layer in fresh] == [2, 10] and fresh[1].coef.shape == (10,)
     for a, b in zip(fresh, model, strict=True):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.positions, b.positions)
+
+
+@pytest.mark.parametrize(
+    "budget, small_after, large_after",
+    [
+        # Raw magnitudes: the 4 smallest |x| are all in `small`, the 4 largest |Ĝ| all in `large`.
+        ("global", [5, 8], [0, 1, 2, 3, 4, 5, 7, 8, 9, 10]),
+        # Over each layer's mean: |x| / mean drops small's 0.001 (0.02) and large's 1, 2, 3 (0.29, 0.57, 0.86; small's
+        # next is 0.96); |Ĝ| / mean grows small's 6 and 3 (4.7, 3.5) and large's 10 and 9 (3.8, 3.1; its 7: 2.3).
+        ("global_relative", [1, 2, 3, 4, 5, 6, 8], [4, 5, 8, 9, 10]),
+    ],
+)
+def test_global_budgets_compare_raw_or_relative_magnitudes(budget, small_after, large_after) -> None:
+    options = {"budget": budget, "drop_fraction": 1 / 3}  # D = round(12 · 0.333) = 4
+    small = hand_built([0.001, 0.040, -0.045, 0.050, -0.055, 0.060], {3: 1.5, 6: 2.0}, **options)
+    large = hand_built([1.0, -2.0, 3.0, 4.0, -5.0, 6.0], {3: 10.0, 7: 30.0, 9: 40.0, 10: 50.0}, **options)
+    old = [dict(zip(layer.positions.tolist(), layer.coef.detach().tolist(), strict=True)) for layer in (small, large)]
+    opt = adamw_with_moments([small, large])
+    update = update_supports([small, large], step=1, total_steps=1000, optimizers=[opt])
+    assert small.positions.tolist() == small_after and large.positions.tolist() == large_after
+    assert small.k + large.k == 12 and update is not None and update.k == [small.k, large.k]
+    assert update.changed == pytest.approx(4 / 12)
+    for layer, before in zip([small, large], old, strict=True):  # kept entries keep their value, grown ones are 0
+        assert layer.coef.detach().tolist() == [before.get(p, 0.0) for p in layer.positions.tolist()]
+        assert opt.state[layer.coef]["exp_avg"].shape == (layer.k,)
 
 
 def test_probe_gradient_is_the_coefficient_space_gradient_with_and_without_batching() -> None:
@@ -507,7 +532,7 @@ def fit(folder: Path, budget: str, *extra: str, every: int = 3, window: int = 1)
         os.chdir(cwd)
 
 
-@pytest.mark.parametrize("budget", ["per_layer", "global"])
+@pytest.mark.parametrize("budget", ["per_layer", "global", "global_relative"])
 @pytest.mark.parametrize("every, window", [(3, 1), (5, 4)])
 def test_resume_after_an_update_is_bit_exact(tmp_path: Path, budget: str, every: int, window: int) -> None:
     # (3, 1): updates at steps 3 and 6 (< 0.75 · 12); the checkpoint s4 is written at the end of update step 3 and
@@ -558,7 +583,7 @@ class RecordSupports(L.Callback):
         torch.save({"start": self.start, "end": end}, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.parametrize("budget, window", [("per_layer", 1), ("global", 1), ("global", 2)])
+@pytest.mark.parametrize("budget, window", [("per_layer", 1), ("global", 1), ("global", 2), ("global_relative", 1)])
 def test_two_ddp_ranks_hold_identical_supports(tmp_path: Path, text_file: Path, budget: str, window: int) -> None:
     out = tmp_path / "ranks"
     cmd = [

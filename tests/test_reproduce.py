@@ -376,7 +376,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lr4_do0.1_c4",
         "adaptive_global_lr4_c3.79", "adaptive_global_lr4_df0.1_c4", "adaptive_global_lr4_floor_c4",
         "adaptive_global_lr4_df0.5_c4", "adaptive_global_lr4_do0.05_c4", "adaptive_global_lr4_wd4_c4",
-        "adaptive_global_lr4_late0.1_c4", "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr4_late0.1_c4", "adaptive_global_lr4_rel_c4", "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -422,6 +422,9 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert quadrupled["weight_decay"] == 0.1
     late = print_config(by_name["adaptive_global_lr4_late0.1_c4"], text_file, capsys)["model"]
     assert late["dropout"] == 0.1 and late["dropout_from_step"] == 2000 and late["parameterized_lr_scale"] == 4
+    relative = print_config(by_name["adaptive_global_lr4_rel_c4"], text_file, capsys)["model"]
+    assert relative["parameterization"]["init_args"]["budget"] == "global_relative"
+    assert relative["parameterized_lr_scale"] == 4 and relative["parameterized_weight_decay"] is None
     dropout = print_config(by_name["adaptive_global_lr4_do0.1_c4"], text_file, capsys)["model"]
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
     assert dropout["parameterized_weight_decay"] is None

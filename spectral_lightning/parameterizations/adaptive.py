@@ -39,6 +39,10 @@ f_t = drop_fraction · (1 + cos(π t / T_end)) / 2 with T_end = update_until · 
   largest |Ĝ| over all of them, so K moves between layers and ΣK stays fixed. The raw magnitudes of different
   layers are compared as they are (RigL's choice: no per-layer normalization). Every layer keeps at least one
   coefficient.
+* ``global_relative``: as ``global``, but each layer's magnitudes are divided by that layer's mean first (|x| by the
+  mean |x| of its stored coefficients, |Ĝ| by the mean |Ĝ| of its unstored positions), so layers trade by the
+  shape of their distributions, not their scale: a layer whose gradients are larger everywhere (the first block's,
+  typically) no longer wins every grow, nor does a layer of small coefficients lose every drop.
 
 Positions are kept sorted (ascending flat row-major indices into m×n); ``coef[i]`` is the coefficient at
 ``positions[i]``. They are a persistent buffer of the layer, so checkpoints, exports and resumed runs restore the
@@ -64,9 +68,9 @@ from spectral_lightning.parameterizations.options import check_int
 from spectral_lightning.seeds import derive_seed
 
 Grow = Literal["gradient", "random"]
-Budget = Literal["per_layer", "global"]
+Budget = Literal["per_layer", "global", "global_relative"]
 GROWS: tuple[str, ...] = ("gradient", "random")
-BUDGETS: tuple[str, ...] = ("per_layer", "global")
+BUDGETS: tuple[str, ...] = ("per_layer", "global", "global_relative")
 
 
 def _check_fraction(option: str, value: object) -> float:
@@ -116,7 +120,8 @@ class SupportSchedule:
         update_until: fraction of training in (0, 1] after which the support is frozen.
         drop_fraction: share of K in (0, 1] replaced at the first update, decayed with a cosine.
         grow: ``gradient`` (largest |Ĝ|) or ``random``.
-        budget: ``per_layer`` (each layer keeps its K) or ``global`` (ΣK fixed, K moves between layers).
+        budget: ``per_layer`` (each layer keeps its K), ``global`` (ΣK fixed, K moves between layers; raw
+            magnitudes compared) or ``global_relative`` (the same, each layer's magnitudes over its mean).
         grow_window: steps whose Ĝ is summed for growth, ending with the update step (1: that step's alone).
     """
 
@@ -126,6 +131,11 @@ class SupportSchedule:
     grow: str = "gradient"
     budget: str = "per_layer"
     grow_window: int = 1
+
+    @property
+    def moves_k(self) -> bool:
+        """Whether K moves between layers (a global budget, raw or relative)."""
+        return self.budget != "per_layer"
 
     @classmethod
     def of(cls, options: object) -> SupportSchedule | None:
@@ -261,8 +271,8 @@ def update_supports(
         layer.disarm_gradient_probe()
     if fraction == 0:
         return None
-    if schedule.budget == "global":
-        plans = _plan_global(layers, fraction, scores, step)
+    if schedule.moves_k:
+        plans = _plan_global(layers, fraction, scores, step, relative=schedule.budget == "global_relative")
     else:
         plans = [_plan_layer(layer, i, fraction, scores, step) for i, layer in enumerate(layers)]
     before = sum(layer.k for layer in layers)
@@ -324,10 +334,17 @@ def _plan_layer(
     return drop, grow
 
 
+def _over_mean(values: Tensor, where: Tensor | None = None) -> Tensor:
+    """``values`` divided by their mean (over ``where`` when given); unchanged when that mean is 0."""
+    mean = (values if where is None else values[where]).mean() if values.numel() else values.new_zeros(())
+    return values / mean if mean > 0 else values
+
+
 def _plan_global(
-    layers: Sequence[MovingSupport], fraction: float, scores: list[Tensor] | None, step: int
+    layers: Sequence[MovingSupport], fraction: float, scores: list[Tensor] | None, step: int, relative: bool = False
 ) -> list[tuple[Tensor, Tensor]]:
-    """Global budget: drop the D smallest |x| over all layers (each keeps its largest), grow D over all layers."""
+    """Global budget: drop the D smallest |x| over all layers (each keeps its largest), grow D over all layers;
+    with ``relative`` each layer's |x| and |Ĝ| are first divided by their mean in that layer."""
     unstored = [_unstored(layer) for layer in layers]
     free = [int(u.sum()) for u in unstored]
     droppable = [layer.k - 1 for layer in layers]
@@ -342,6 +359,8 @@ def _plan_global(
         if c == 0:
             continue
         mag = layer.coef.detach().abs().float()
+        if relative:
+            mag = _over_mean(mag)
         mag[torch.argmax(mag)] = math.inf  # every layer keeps at least one coefficient
         low = torch.topk(mag, c, largest=False)
         cand_values.append(low.values.cpu())
@@ -356,7 +375,8 @@ def _plan_global(
             c = min(d_total, free[i])
             if c == 0:
                 continue
-            pos, val = _grow_by_gradient(scores[i], unstored[i], c)
+            score = _over_mean(scores[i], unstored[i].to(scores[i].device)) if relative else scores[i]
+            pos, val = _grow_by_gradient(score, unstored[i], c)
             cand_values.append(val.cpu())
             cand_pos.append(pos.cpu())
             cand_layer.append(torch.full((c,), i, dtype=torch.long))

@@ -269,7 +269,8 @@ class DCT(Parameterization):
             ``update_until``.
         grow: where new coefficients go: ``gradient`` (largest |gradient|) or ``random`` (seeded).
         budget: ``per_layer`` (each layer keeps its K) or ``global`` (the total K is fixed and moves between
-            layers).
+            layers; raw magnitudes compared across layers) or ``global_relative`` (the same, with each layer's
+            |x| and |gradient| divided by their mean in that layer).
         path: how each layer's forward pass runs: ``auto`` (the cheaper of the two below per call, from the
             shapes, the token count and the device), ``materialize`` (rebuild W, then one m×n product per token)
             or ``transform`` (never form W: DCT-II of x, a product with the coefficient block, inverse DCT; for the

@@ -125,7 +125,8 @@ class RandomBasis(Parameterization):
             ``update_until``.
         grow: where new coefficients go: ``gradient`` (largest |gradient|) or ``random`` (seeded).
         budget: ``per_layer`` (each layer keeps its K) or ``global`` (the total K is fixed and moves between
-            layers).
+            layers; raw magnitudes compared across layers) or ``global_relative`` (the same, with each layer's
+            |x| and |gradient| divided by their mean in that layer).
         grow_window: with ``grow: gradient``, the number of steps (1 to ``update_every``) whose gradients are
             summed to choose where to grow, ending with the update step: 1 (default) is that step's gradient alone,
             more follows the gradient's consistent direction over the window (a gradient momentum).
