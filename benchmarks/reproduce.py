@@ -38,7 +38,8 @@ Groups:
   (``adaptive_global_lr10_c10``), and the decay variants of lr × c (``..._wd_...``, ``..._wd2_...``,
   ``..._wd4_...``, see TRIES), and late dropout (``adaptive_global_lr4_late0.1_c4``: dropout 0.1 from step 2,000,
   where the lr × 4 run falls behind the tuned dense model), and the lr × 4 run with the global budget comparing
-  each layer's |x| and |Ĝ| over that layer's mean (``adaptive_global_lr4_rel_c4``, ``budget: global_relative``).
+  each layer's |x| and |Ĝ| over that layer's mean (``adaptive_global_lr4_rel_c4``, ``budget: global_relative``) or
+  growing by Ĝ summed over 20 steps (``adaptive_global_lr4_gw20_c4``).
   The runs they vary (the adaptive group's, the fixed random one) join them as references, with dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
@@ -320,6 +321,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lr4_c4",
         4.0,
         ("--model.parameterization.init_args.budget", "global_relative"),
+    ),
+    (
+        "adaptive_global_lr4_gw20_c4",
+        "adaptive, global, coefficient lr × 4, Ĝ summed over 20 steps",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterization.init_args.grow_window", "20"),
     ),
     (
         "adaptive_global_lrsqrt_c20",

@@ -376,7 +376,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lr4_do0.1_c4",
         "adaptive_global_lr4_c3.79", "adaptive_global_lr4_df0.1_c4", "adaptive_global_lr4_floor_c4",
         "adaptive_global_lr4_df0.5_c4", "adaptive_global_lr4_do0.05_c4", "adaptive_global_lr4_wd4_c4",
-        "adaptive_global_lr4_late0.1_c4", "adaptive_global_lr4_rel_c4", "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr4_late0.1_c4", "adaptive_global_lr4_rel_c4", "adaptive_global_lr4_gw20_c4",
+        "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -425,6 +426,8 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     relative = print_config(by_name["adaptive_global_lr4_rel_c4"], text_file, capsys)["model"]
     assert relative["parameterization"]["init_args"]["budget"] == "global_relative"
     assert relative["parameterized_lr_scale"] == 4 and relative["parameterized_weight_decay"] is None
+    window = print_config(by_name["adaptive_global_lr4_gw20_c4"], text_file, capsys)["model"]
+    assert window["parameterization"]["init_args"]["grow_window"] == 20 and window["parameterized_lr_scale"] == 4
     dropout = print_config(by_name["adaptive_global_lr4_do0.1_c4"], text_file, capsys)["model"]
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
     assert dropout["parameterized_weight_decay"] is None
