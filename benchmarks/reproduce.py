@@ -39,7 +39,8 @@ Groups:
   ``..._wd4_...``, see TRIES), and late dropout (``adaptive_global_lr4_late0.1_c4``: dropout 0.1 from step 2,000,
   where the lr × 4 run falls behind the tuned dense model), and the lr × 4 run with the global budget comparing
   each layer's |x| and |Ĝ| over that layer's mean (``adaptive_global_lr4_rel_c4``, ``budget: global_relative``) or
-  growing by Ĝ summed over 20 steps (``adaptive_global_lr4_gw20_c4``).
+  growing by Ĝ summed over 20 steps (``adaptive_global_lr4_gw20_c4``) or with its support frozen at half of
+  training instead of three quarters (``adaptive_global_lr4_uu0.5_c4``).
   The runs they vary (the adaptive group's, the fixed random one) join them as references, with dense and dct4x.
 
 Outputs (each written through a temporary file and a rename):
@@ -328,6 +329,13 @@ TRIES: tuple[tuple[str, str, str, float, tuple[str, ...]], ...] = (
         "adaptive_global_lr4_c4",
         4.0,
         ("--model.parameterization.init_args.grow_window", "20"),
+    ),
+    (
+        "adaptive_global_lr4_uu0.5_c4",
+        "adaptive, global, coefficient lr × 4, support frozen at 50% of training",
+        "adaptive_global_lr4_c4",
+        4.0,
+        ("--model.parameterization.init_args.update_until", "0.5"),
     ),
     (
         "adaptive_global_lrsqrt_c20",

@@ -377,7 +377,7 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
         "adaptive_global_lr4_c3.79", "adaptive_global_lr4_df0.1_c4", "adaptive_global_lr4_floor_c4",
         "adaptive_global_lr4_df0.5_c4", "adaptive_global_lr4_do0.05_c4", "adaptive_global_lr4_wd4_c4",
         "adaptive_global_lr4_late0.1_c4", "adaptive_global_lr4_rel_c4", "adaptive_global_lr4_gw20_c4",
-        "adaptive_global_lrsqrt_c20",
+        "adaptive_global_lr4_uu0.5_c4", "adaptive_global_lrsqrt_c20",
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
@@ -428,6 +428,9 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     assert relative["parameterized_lr_scale"] == 4 and relative["parameterized_weight_decay"] is None
     window = print_config(by_name["adaptive_global_lr4_gw20_c4"], text_file, capsys)["model"]
     assert window["parameterization"]["init_args"]["grow_window"] == 20 and window["parameterized_lr_scale"] == 4
+    frozen = print_config(by_name["adaptive_global_lr4_uu0.5_c4"], text_file, capsys)["model"]["parameterization"]
+    assert frozen["init_args"]["update_until"] == 0.5 and frozen["init_args"]["update_every"] == 100
+    assert frozen["init_args"]["budget"] == "global"
     dropout = print_config(by_name["adaptive_global_lr4_do0.1_c4"], text_file, capsys)["model"]
     assert dropout["dropout"] == 0.1 and dropout["parameterized_lr_scale"] == 4
     assert dropout["parameterized_weight_decay"] is None
