@@ -27,9 +27,8 @@ from spectral_lightning.parameterizations.base import (
     Parameterization,
     ParameterizedLinear,
     ReconstructedLinear,
-    batch_groups,
-    batched_weights,
 )
+from spectral_lightning.parameterizations.batching import batch_groups, batched_weights
 from spectral_lightning.parameterizations.dct import DCT, DCTLinear, dct_matrix
 from spectral_lightning.parameterizations.dense import Dense, DenseLinear
 from spectral_lightning.parameterizations.kronecker import Kronecker, KroneckerLinear
