@@ -8,7 +8,6 @@ model and its tokenizer.
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +19,12 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from spectral_lightning import optim
 from spectral_lightning.architectures import build_model
 from spectral_lightning.checkpoints import Checkpoint, check_vocab, read_checkpoint, transfer_weights
-from spectral_lightning.convert import is_dense_linear
 from spectral_lightning.errors import ConfigError
 from spectral_lightning.model import BLOCK_LINEARS
-from spectral_lightning.parameterizations import Parameterization, ParameterizedLinear, dct_cost, resolve
+from spectral_lightning.parameterizations import Parameterization, dct_cost, resolve
 from spectral_lightning.seeds import derive_seed
 from spectral_lightning.support import AdaptiveSupport, has_moving_supports
 from spectral_lightning.tokenization import tokenizer_from_spec
@@ -275,88 +274,44 @@ class SpectralLM(L.LightningModule):
         logits = self(x).float()  # (B, T, V)
         return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
 
-    # -- optimization ------------------------------------------------------------------------------------
+    # -- optimization (spectral_lightning/optim.py) ------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups by role.
-
-        Decayed: every linear's weight-defining Parameters (dense weights, DCT coefficients, low-rank
-        factors). For DCT, decay on X equals decay on W (Parseval); for low-rank, decaying B and A is a
-        nuclear-norm-like penalty on W (see ``parameterizations/lowrank.py``). Not decayed: biases,
-        LayerNorm gains and the token/position embeddings (decaying lookup tables only shrinks rare rows). A
-        ``transformers`` model's linears left unparameterized (``nn.Linear``, ``Conv1D``) decay their weights too;
-        a weight tied to an embedding is decayed once, as a linear's.
-
-        With ``parameterized_lr_scale`` ≠ 1, a ``parameterized_weight_decay`` or a ``parameterized_min_lr`` the
-        parameterized linears' decayed Parameters move to a third group with their own ``lr``, decay and, when set,
-        ``min_lr`` (the floor of its schedule, ``lr_floors``); otherwise there are two groups, as in checkpoints
-        written before.
-        """
+        """AdamW groups by role (``optim.parameter_groups``): decayed weights, undecayed biases / norms /
+        embeddings and, with ``parameterized_lr_scale`` ≠ 1, a ``parameterized_weight_decay`` or a
+        ``parameterized_min_lr``, a third group for the parameterized linears' Parameters."""
         hp = self.hparams
-        scale = hp.get("parameterized_lr_scale", 1.0)
-        own_decay = hp.get("parameterized_weight_decay")
-        own_min = hp.get("parameterized_min_lr")
-        separate = scale != 1.0 or own_decay is not None or own_min is not None
-        chosen = set(self.model.parameterized)  # the linears built by the parameterization (the rest: dense)
-        owned: dict[int, tuple[torch.nn.Parameter, bool]] = {}  # in module order (the optimizer state's order)
-        for name, m in self.model.named_modules():
-            if isinstance(m, ParameterizedLinear):
-                own_group = separate and name in chosen
-                owned.update({id(p): (p, own_group) for p in m.weight_parameters()})
-            elif is_dense_linear(m):
-                owned.setdefault(id(m.weight), (m.weight, False))
-        decay = [p for p, own_group in owned.values() if not own_group]
-        scaled = [p for p, own_group in owned.values() if own_group]
-        ids = set(owned)
-        no_decay = [p for p in self.model.parameters() if id(p) not in ids]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if scaled:
-            decay_rate = hp.weight_decay if own_decay is None else own_decay
-            groups.append({"params": scaled, "weight_decay": decay_rate, "lr": hp.lr * scale})
-            if own_min is not None:
-                groups[-1]["min_lr"] = own_min
-        return groups
+        return optim.parameter_groups(
+            self.model,
+            set(self.model.parameterized),  # the linears built by the parameterization (the rest: dense)
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            lr_scale=hp.get("parameterized_lr_scale", 1.0),
+            own_weight_decay=hp.get("parameterized_weight_decay"),
+            own_min_lr=hp.get("parameterized_min_lr"),
+        )
 
     def lr_floors(self, groups: list[dict[str, Any]] | None = None) -> list[float]:
         """The floor of each AdamW group (default: ``parameter_groups()``) as a fraction of its peak rate: its own
         ``min_lr / lr`` where the group sets one (``parameterized_min_lr``), else the model's ``min_lr / lr``."""
-        hp = self.hparams
         groups = self.parameter_groups() if groups is None else groups
-        return [g["min_lr"] / g["lr"] if "min_lr" in g else hp.min_lr / hp.lr for g in groups]
+        return optim.lr_floors(groups, self.hparams.lr, self.hparams.min_lr)
 
     def lr_factor(self, step: int, total_steps: int, floor: float | None = None) -> float:
         """Linear warm-up to 1, then cosine decay to ``floor`` (default ``min_lr / lr``) at ``total_steps``."""
         hp = self.hparams
-        if step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        floor = hp.min_lr / hp.lr if floor is None else floor
-        progress = min(1.0, (step - hp.warmup_steps) / max(1, total_steps - hp.warmup_steps))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return optim.lr_factor(step, total_steps, hp.warmup_steps, hp.min_lr / hp.lr if floor is None else floor)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        fused = self.device.type == "cuda"
         groups = self.parameter_groups()
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=self.device.type == "cuda")
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        floors = self.lr_floors(groups)
-        if len(set(floors)) == 1:  # one schedule for every group, as in checkpoints written before
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, int(total)))
-        else:
-            factors = [functools.partial(self.lr_factor, total_steps=int(total), floor=f) for f in floors]
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+        schedule = optim.warmup_cosine(optimizer, int(total), hp.warmup_steps, self.lr_floors(groups))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
-        # A resumed run restores the optimizer's last LR, computed for the max_steps of the run that saved it.
-        # Re-evaluate the schedule at the restored step with this run's max_steps, so a run resumed with a larger
-        # max_steps follows its new schedule from its first step (for an unchanged max_steps this sets the same
-        # value). The scheduler's own record of its last LR is refreshed by its next step().
-        for config in self.trainer.lr_scheduler_configs:
-            schedule = config.scheduler
-            if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
-                groups = schedule.optimizer.param_groups
-                for group, base, factor in zip(groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
-                    group["lr"] = base * factor(schedule.last_epoch)
+        # A resumed run follows this run's max_steps from its first step (optim.reapply_schedules).
+        optim.reapply_schedules([config.scheduler for config in self.trainer.lr_scheduler_configs])
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Supports that move (the parameterization's update_every) need the callback that moves them: added here,

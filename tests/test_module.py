@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from helpers import REPO, make_text, quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from spectral_lightning import CharDataModule, ConfigError, ParameterizedLinear, SpectralLM
+from spectral_lightning import CharDataModule, ConfigError, ParameterizedLinear, SpectralLM, optim, parameterize
 from spectral_lightning.cli import cli_main
 from spectral_lightning.data import RandomWindowBatches
 from spectral_lightning.parameterizations import DCT, Dense, LowRank, unregister
@@ -329,6 +329,25 @@ def test_lr_factor_warmup_then_cosine_to_floor() -> None:
     assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
     no_warmup = SpectralLM(vocab="ab", block_size=8, **TINY, warmup_steps=0)
     assert no_warmup.lr_factor(0, 50) == pytest.approx(1.0)
+
+
+def test_optim_groups_and_schedule_for_any_model() -> None:
+    """optim.py needs no SpectralLM: a plain model gets groups by role and one schedule per floor."""
+    net = torch.nn.Sequential(torch.nn.Embedding(5, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 8))
+    parameterize(net, DCT(compression=2), patterns=["2"])  # the Linear stores DCT coefficients
+    decay, no_decay, own = optim.parameter_groups(net, {"2"}, lr=1e-3, weight_decay=0.1, lr_scale=4.0, own_min_lr=2e-4)
+    assert decay["params"] == [] and own["params"] == list(net[2].weight_parameters())
+    undecayed = {id(net[0].weight), id(net[1].weight), id(net[1].bias), id(net[2].bias)}
+    assert {id(p) for p in no_decay["params"]} == undecayed
+    assert (own["lr"], own["weight_decay"], own["min_lr"]) == (4e-3, 0.1, 2e-4)
+    floors = optim.lr_floors([decay, no_decay, own], lr=1e-3, min_lr=1e-4)
+    assert floors == pytest.approx([0.1, 0.1, 0.05])
+    opt = torch.optim.AdamW([decay, no_decay, own], lr=1e-3)
+    schedule = optim.warmup_cosine(opt, total_steps=20, warmup_steps=0, floors=floors)
+    for _ in range(20):
+        opt.step()
+        schedule.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-4, 2e-4])  # each group on its own floor
 
 
 # -- checkpoints written by the CLI ------------------------------------------------------------------------
