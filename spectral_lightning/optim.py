@@ -77,16 +77,10 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, floor: float) -> f
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, floors: list[float]
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A step-wise ``LambdaLR`` of :func:`lr_factor` for each group (one shared function when every floor is the
-    same, as in checkpoints written before)."""
-    if len(set(floors)) == 1:
-        floor = floors[0]
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, floor)
-        )
+    """A step-wise ``LambdaLR`` of :func:`lr_factor` for each group, on that group's floor (a ``partial`` holds no
+    state of its own, so checkpoints written with one shared function load into it and back)."""
     factor = functools.partial(lr_factor, total_steps=total_steps, warmup_steps=warmup_steps)
-    factors = [functools.partial(factor, floor=f) for f in floors]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(factor, floor=f) for f in floors])
 
 
 def reapply_schedules(schedules: list[Any]) -> None:
