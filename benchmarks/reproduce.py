@@ -3,10 +3,10 @@
 Every run is ``python cli.py fit --config configs/<name>.yaml <overrides>`` in a subprocess, with one shared
 budget (``--steps``) and seeds (``--seeds``); its TensorBoard logs and checkpoints land in
 ``<out>/runs/<run>/seed<S>-steps<N>/``. When a run ends, its numbers are read back from its event file and
-last checkpoint and written to ``metrics.json`` there; a run whose ``metrics.json`` exists is not redone, so an
-interrupted grid resumes where it stopped (an unfinished run restarts from its ``last.ckpt``). The repository
-keeps every finished run's ``metrics.json`` (its logs and checkpoints are ignored), so a grid can span clones and
-machines: a fresh clone skips what has been run and reports on all of it.
+last checkpoint and written to ``metrics.json`` there and, as one line, to the ledger ``<out>/runs.jsonl``. A run
+that either holds is not redone, so an interrupted grid resumes where it stopped (an unfinished run restarts from
+its ``last.ckpt``). The repository keeps the ledger and ignores ``<out>/runs/`` (logs, checkpoints, metrics.json),
+so a grid can span clones and machines: a fresh clone skips what has been run and reports on all of it.
 
 Groups:
 
@@ -45,7 +45,9 @@ Groups:
 
 Outputs (each written through a temporary file and a rename):
 
-* ``<out>/runs.csv``: every finished run under ``<out>/runs`` (all budgets), one row per run and seed;
+* ``<out>/runs.jsonl``: the ledger, every finished run (all budgets) as one JSON line, the ``metrics.json``
+  of its run folder (validation curve and final budgets included), sorted by run, budget and seed;
+* ``<out>/runs.csv``: the ledger's runs as a table, one row per run and seed;
 * ``<out>/summary.md``: mean ± std over seeds per config at this ``--steps`` budget, beside the paper's numbers
   (and, once baselines runs exist, a baselines table: share of the dense model stored, val loss, bpb, stable
   rank and training tokens/s relative to dense, per parameterization and compression; once tuning runs exist, a
@@ -94,6 +96,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -779,16 +782,25 @@ def collect(spec: RunSpec, seed: int, budget: Budget, directory: Path, wall: flo
     return row
 
 
+def finished_row(out: Path, spec: RunSpec, seed: int, budget: Budget) -> dict | None:
+    """The row of a finished run: its ``metrics.json`` if the run folder holds one, else its ledger line."""
+    metrics = run_dir(out, spec, seed, budget) / "metrics.json"
+    if metrics.is_file():
+        return read_row(metrics)
+    return read_ledger(out).get((spec.name, budget.tag, seed))
+
+
 def train(spec: RunSpec, seed: int, budget: Budget, out: Path, jobs: int = 1) -> tuple[str, dict | None]:
-    """Train one run unless its ``metrics.json`` exists; returns ("skipped" | "done" | "failed", row).
+    """Train one run unless it has finished (``finished_row``); returns ("skipped" | "done" | "failed", row).
 
     With ``jobs`` concurrent runs and no ``OMP_NUM_THREADS`` set, each run gets an equal share of the CPU
     threads, so concurrent CPU runs do not oversubscribe the cores.
     """
+    done = finished_row(out, spec, seed, budget)
+    if done is not None:
+        return "skipped", done
     directory = run_dir(out, spec, seed, budget)
     metrics = directory / "metrics.json"
-    if metrics.is_file():
-        return "skipped", read_row(metrics)
     cmd = command_for(spec, seed, budget, out)
     last = directory / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
@@ -808,16 +820,61 @@ def train(spec: RunSpec, seed: int, budget: Budget, out: Path, jobs: int = 1) ->
         return "failed", None
     row = collect(spec, seed, budget, directory, wall, resumed, cmd)
     atomic_write_text(metrics, json.dumps(row, indent=2) + "\n")
+    all_rows(out)  # records the run in the ledger
     return "done", row
 
 
-# -- reporting ---------------------------------------------------------------------------------------------
+# -- the ledger --------------------------------------------------------------------------------------------
+
+_LEDGER_LOCK = threading.Lock()  # concurrent runs of one invocation (--jobs) record in turn
+
+
+def row_key(row: dict) -> tuple[str, str, int]:
+    return row["run"], row["tag"], row["seed"]
+
+
+def read_ledger(out: Path) -> dict[tuple[str, str, int], dict]:
+    """``<out>/runs.jsonl`` by (run, budget tag, seed); empty when there is none."""
+    path = out / "runs.jsonl"
+    if not path.is_file():
+        return {}
+    rows = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[row_key(row)] = row
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SystemExit(
+                f"error: {path} line {number} is not a finished run's record ({type(err).__name__}: {err}); "
+                "expected one JSON object with run, tag and seed per line"
+            ) from None
+    return rows
 
 
 def all_rows(out: Path) -> list[dict]:
-    """Every finished run under ``<out>/runs``, in a stable order."""
-    rows = [read_row(p) for p in sorted((out / "runs").glob("*/*/metrics.json"))]
-    return sorted(rows, key=lambda r: (r["run"], r["tag"], r["seed"]))
+    """Every finished run, in a stable order: the ledger's lines and the ``metrics.json`` under ``<out>/runs``.
+
+    The run folders' files win over the ledger's copy, and the ledger is rewritten (through a temporary file) as the
+    union whenever it gains or changes a line: a run that another process finished while this one read the ledger
+    is recorded again the next time, from its ``metrics.json``.
+    """
+    with _LEDGER_LOCK:
+        ledger = read_ledger(out)
+        rows = dict(ledger)
+        for path in sorted((out / "runs").glob("*/*/metrics.json")):
+            row = read_row(path)
+            if {"run", "tag", "seed"} <= row.keys():
+                rows[row_key(row)] = row
+        ordered = [rows[key] for key in sorted(rows)]
+        if rows != ledger:
+            text = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in ordered)
+            atomic_write_text(out / "runs.jsonl", text)
+    return ordered
+
+
+# -- reporting ---------------------------------------------------------------------------------------------
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -1427,7 +1484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:  # what is left to train: the commands, the finished runs as comments
         left = 0
         for spec, seed in jobs:
-            if (run_dir(out, spec, seed, budget) / "metrics.json").is_file():
+            if finished_row(out, spec, seed, budget) is not None:
                 print(f"# finished: {spec.name} seed {seed}")
             else:
                 left += 1
@@ -1475,17 +1532,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_reports(out: Path, budget: Budget, seeds: Sequence[int], command: str) -> None:
     """``runs.csv`` (every finished run), the summary markdown and plot (this budget's runs of ``seeds``)."""
-    rows = all_rows(out) if (out / "runs").is_dir() else []
+    rows = all_rows(out)
     current = [r for r in rows if r["tag"] == budget.tag and r["seed"] in seeds]
     if not current:
-        raise SystemExit(f"error: no finished run of budget {budget.tag} and seeds {list(seeds)} under {out / 'runs'}")
+        raise SystemExit(
+            f"error: no finished run of budget {budget.tag} and seeds {list(seeds)} in {out / 'runs.jsonl'} "
+            f"or under {out / 'runs'}"
+        )
     write_csv(out / "runs.csv", rows)
     md, png = (out / f"{summary_stem(budget)}{ext}" for ext in (".md", ".png"))
     grid = build_grid(("paper", "sweep", "baselines", "tuning", "adaptive"), _cs(rows), _cs(rows), _cs(rows))
     atomic_write_text(md, summary_markdown(current, grid, budget, command))
     summary_plot(png, current, budget)
     curves = out / f"{summary_stem(budget)}-curves.png"
-    written = [out / "runs.csv", md, png] + ([curves] if curves_plot(curves, current, budget) else [])
+    written = [out / "runs.jsonl", out / "runs.csv", md, png]
+    written += [curves] if curves_plot(curves, current, budget) else []
     print(f"wrote {', '.join(map(str, written))}")
 
 

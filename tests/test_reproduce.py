@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -608,6 +609,33 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
         other = list(argv)
         other[other.index("--steps") + 1] = "7"
         reproduce.main([*other, "--report-only"])
+
+    # The ledger (runs.jsonl, the file a repository keeps) alone is enough: a fresh clone has no run folders, yet
+    # skips the finished runs and rebuilds the same reports from the ledger's lines.
+    ledger = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["seed"]) for r in ledger] == [("dct4x", 3), ("dense", 3)]
+    assert ledger[1]["final_val_loss"] == pytest.approx(float(rows["dense"]["final_val_loss"]), abs=1e-5)
+    assert (
+        ledger[1]["val_curve"] == json.loads((Path(rows["dense"]["run_dir"]) / "metrics.json").read_text())["val_curve"]
+    )
+    shutil.rmtree(out / "runs")
+    summary_md.unlink()
+    capsys.readouterr()
+    assert reproduce.main([*argv, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "# 0 of 2 runs left to train"
+    assert reproduce.main(argv) == 0
+    assert capsys.readouterr().out.count("[skipped]") == 2
+    assert not (out / "runs").exists()  # nothing trained
+    assert summary_md.read_text() == summary
+
+
+def test_a_damaged_ledger_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / "runs.jsonl").write_text('{"run": "dense", "tag": "steps5000", "seed": 0}\n{"run": "dct4x"\n')
+    with pytest.raises(SystemExit, match=r"runs.jsonl line 2 is not a finished run's record"):
+        reproduce.all_rows(tmp_path)
+    (tmp_path / "runs.jsonl").write_text('{"run": "dense", "seed": 0}\n')  # no budget tag
+    with pytest.raises(SystemExit, match=r"line 1 .*expected one JSON object with run, tag and seed"):
+        reproduce.all_rows(tmp_path)
 
 
 def test_a_run_finished_before_the_column_rename_is_still_read(tmp_path: Path) -> None:
