@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -20,16 +19,11 @@ from spectral_lightning.cli import cli_main
 from spectral_lightning.model import GPT, GPTConfig
 from spectral_lightning.parameterizations import find_class, resolve
 
-
-def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = load_reproduce()
+# benchmarks/ holds scripts, not a package: reproduce.py imports its two siblings from the folder it runs in.
+sys.path.insert(0, str(REPO / "benchmarks"))
+import reproduce  # noqa: E402
+from reproduce_grid import Budget, build_grid, paper_spec, summary_stem, sweep_spec  # noqa: E402
+from reproduce_report import CSV_COLUMNS, by_run, curve_lines, curves_plot, plot_points, summary_markdown, tuned  # noqa: E402
 
 DEBUG = "n_layer=1,n_embd=32,n_head=2,block=16,batch=16"
 
@@ -39,7 +33,7 @@ def tiny_params(vocab_size: int, parameterization) -> int:  # noqa: ANN001
 
 
 def test_grid_has_every_run_once():
-    grid = reproduce.build_grid(["paper", "sweep"], [2, 4, 10, 20])
+    grid = build_grid(["paper", "sweep"], [2, 4, 10, 20])
     names = [s.name for s in grid]
     assert len(names) == len(set(names))
     # 5 paper runs + 4 compressions x 5 parameterizations, of which dct2x (zigzag, mn/2) and dct4x (lowpass,
@@ -50,7 +44,7 @@ def test_grid_has_every_run_once():
     assert by_name["lowrank48"].groups == ("paper",)
     cells = {(s.parameterization, s.compression) for s in grid if "sweep" in s.groups}
     assert len(cells) == 20
-    assert [s.name for s in reproduce.build_grid(["paper"], [])] == ["dense", "dct2x", "dct4x", "lowrank", "lowrank48"]
+    assert [s.name for s in build_grid(["paper"], [])] == ["dense", "dct2x", "dct4x", "lowrank", "lowrank48"]
 
 
 @pytest.mark.parametrize(("steps", "interval"), [(5000, 500), (300, 150), (6, 3), (7, 1), (1, 1)])
@@ -68,7 +62,7 @@ def test_throughput_skips_the_time_a_run_was_stopped():
 
 
 def test_summary_marks_sweep_cells_with_fewer_seeds():
-    grid = reproduce.build_grid(["paper", "sweep"], [10])
+    grid = build_grid(["paper", "sweep"], [10])
 
     def row(run: str, seed: int, loss: float) -> dict:
         return {
@@ -79,7 +73,7 @@ def test_summary_marks_sweep_cells_with_fewer_seeds():
 
     rows = [row("dense", 0, 1.5), row("dense", 1, 1.7), row("dct_random_c10", 0, 2.0), row("lowrank_c10", 0, 2.2)]
     rows.append(row("lowrank_c10", 1, 2.4))
-    md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    md = summary_markdown(rows, grid, Budget(5000, "cpu", ()), "cmd")
     sweep = md.split("## Sweep: final val loss")[1].split("##")[0]
     lines = [line for line in sweep.splitlines()[4:] if line]
     cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |") for line in lines}
@@ -107,7 +101,7 @@ BASELINE_RUNS = [
 
 
 def test_baselines_grid_has_every_parameterization_at_c4_and_c10():
-    grid = reproduce.build_grid(["baselines"], [2, 4, 10, 20])  # the sweep's compressions do not apply
+    grid = build_grid(["baselines"], [2, 4, 10, 20])  # the sweep's compressions do not apply
     assert [(s.name, s.config, s.compression) for s in grid] == [(n, cfg, c) for n, cfg, _, c in BASELINE_RUNS]
     by_name = {s.name: s for s in grid}
     for name, _, class_path, c in BASELINE_RUNS:
@@ -118,16 +112,16 @@ def test_baselines_grid_has_every_parameterization_at_c4_and_c10():
             assert flag == "--model.parameterization"
             assert resolve(json.loads(value)) == find_class(class_path)(compression=c)
             assert spec.parameterization == find_class(class_path).name
-    assert by_name["dct_random_c10"].overrides == reproduce.sweep_spec("dct_random", 10).overrides
+    assert by_name["dct_random_c10"].overrides == sweep_spec("dct_random", 10).overrides
     assert by_name["lowrank_c4"].parameterization == "lowrank"
     # With the other groups, the runs they share are trained once and belong to every group that has them.
-    everything = {s.name: s for s in reproduce.build_grid(["paper", "sweep", "baselines"], [2, 4, 10, 20])}
+    everything = {s.name: s for s in build_grid(["paper", "sweep", "baselines"], [2, 4, 10, 20])}
     assert len(everything) == 5 + 4 * 5 - 2 + 3 * 2  # paper + sweep, plus Monarch, sparse + low-rank, Kronecker
     assert everything["dense"].groups == ("paper", "baselines")
     assert everything["dct4x"].groups == ("paper", "sweep", "baselines")
     assert everything["dct_random_c10"].groups == ("sweep", "baselines")
     assert everything["sparse_lowrank_c4"].groups == ("baselines",)
-    assert [s.name for s in reproduce.build_grid(["baselines"], [], [2])][1:] == [
+    assert [s.name for s in build_grid(["baselines"], [], [2])][1:] == [
         "dct_lowpass_c2", "dct_random_c2", "lowrank_c2", "monarch_c2", "sparse_lowrank_c2", "kronecker_c2"
     ]  # fmt: skip
 
@@ -148,8 +142,8 @@ def test_summary_baselines_table_relative_throughput_and_plot_lines():
     rows += [synthetic("sparse_lowrank_c10", 0, 2.5, 4000.0, 14.3, bpb=None)]
     rows += [synthetic("lowrank_c10", 0, 2.4, float("nan"), 14.0)]
     rows += [{**synthetic("kronecker_c10", 0, 2.6, 500.0, 14.2), "machine": "slower"}]
-    grid = reproduce.build_grid(["paper", "sweep", "baselines"], [4, 10], [4, 10])
-    md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    grid = build_grid(["paper", "sweep", "baselines"], [4, 10], [4, 10])
+    md = summary_markdown(rows, grid, Budget(5000, "cpu", ()), "cmd")
     table = md.split("## Baselines")[1].split("Paper: v1")[0]
     lines = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     cells = {tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ")[2:] for line in lines}
@@ -169,19 +163,19 @@ def test_summary_baselines_table_relative_throughput_and_plot_lines():
     assert cells[("sparse_lowrank", "10")][6:] == ["4,000", "2.00×", "1"]
     assert cells[("lowrank", "10")][6:] == ["–", "–", "1"]  # no throughput measured
     # The plot draws one line per parameterization: val loss against the share of the dense model stored.
-    points = reproduce.plot_points(rows)
+    points = plot_points(rows)
     assert set(points) == {"dense", "monarch", "sparse_lowrank", "lowrank", "kronecker"}
     assert points["monarch"] == [(28.3, pytest.approx(2.1), pytest.approx(math.sqrt(0.02)))]
     # Without a run that only the baselines, tuning or adaptive group trains, the report is what it was before
     # those groups existed (the report's grid holds every group).
     others = [r for r in rows if r["run"] in ("dense", "lowrank_c10")]
     others += [synthetic("dct_random_c4", 0, 2.1, 900.0, 28.3), synthetic("dct4x", 0, 1.9, 900.0, 28.3)]
-    old_grid = reproduce.build_grid(["paper", "sweep"], [4, 10])
-    every = reproduce.build_grid(["paper", "sweep", "baselines", "tuning", "adaptive"], [4, 10], [4, 10], [4, 10])
-    new = reproduce.summary_markdown(others, every, reproduce.Budget(5000, "cpu", ()), "cmd")
+    old_grid = build_grid(["paper", "sweep"], [4, 10])
+    every = build_grid(["paper", "sweep", "baselines", "tuning", "adaptive"], [4, 10], [4, 10], [4, 10])
+    new = summary_markdown(others, every, Budget(5000, "cpu", ()), "cmd")
     for title in ("Baselines", "Tuning", "Adaptive", "Final K"):
         assert title not in new
-    assert new == reproduce.summary_markdown(others, old_grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    assert new == summary_markdown(others, old_grid, Budget(5000, "cpu", ()), "cmd")
 
 
 def print_config(spec, text_file: Path, capsys: pytest.CaptureFixture[str]) -> dict:  # noqa: ANN001
@@ -194,7 +188,7 @@ def print_config(spec, text_file: Path, capsys: pytest.CaptureFixture[str]) -> d
 
 
 def test_tuning_grid_reuses_the_paper_runs_at_dropout_0(text_file: Path, capsys: pytest.CaptureFixture[str]):
-    grid = reproduce.build_grid(["tuning"], [2, 4, 10, 20])
+    grid = build_grid(["tuning"], [2, 4, 10, 20])
     assert [(s.name, s.config, s.overrides) for s in grid] == [
         ("dense", "dense.yaml", ()),
         ("dense_do0.1", "dense.yaml", ("--model.dropout", "0.1")),
@@ -206,9 +200,9 @@ def test_tuning_grid_reuses_the_paper_runs_at_dropout_0(text_file: Path, capsys:
     by_name = {s.name: s for s in grid}
     assert by_name["dct4x_do0.2"].compression == 4.0 and by_name["dense_do0.1"].compression is None
     # The dropout-0 runs are the paper runs: the same spec (same run folder), trained once for both groups ...
-    paper = {s.name: s for s in reproduce.build_grid(["paper"], [])}
+    paper = {s.name: s for s in build_grid(["paper"], [])}
     assert by_name["dense"] == paper["dense"] and by_name["dct4x"] == paper["dct4x"]
-    everything = {s.name: s for s in reproduce.build_grid(["paper", "tuning"], [])}
+    everything = {s.name: s for s in build_grid(["paper", "tuning"], [])}
     assert len(everything) == 5 + 4
     assert everything["dct4x"].groups == ("paper", "tuning") and everything["dct4x_do0.1"].groups == ("tuning",)
     # ... which holds because the paper's budget trains without dropout; the override reaches the model.
@@ -237,22 +231,22 @@ ADAPTIVE_RUNS = [
 
 
 def test_adaptive_grid_shares_the_fixed_supports(text_file: Path, capsys: pytest.CaptureFixture[str]):
-    grid = reproduce.build_grid(["adaptive"], [2, 4, 10, 20])  # the sweep's compressions do not apply
+    grid = build_grid(["adaptive"], [2, 4, 10, 20])  # the sweep's compressions do not apply
     assert [(s.name, s.config, s.compression) for s in grid] == ADAPTIVE_RUNS
     by_name = {s.name: s for s in grid}
-    assert by_name["dct_random_c10"] == reproduce.sweep_spec("dct_random", 10)
-    assert by_name["dct_lowpass_c20"] == reproduce.sweep_spec("dct_lowpass", 20)
+    assert by_name["dct_random_c10"] == sweep_spec("dct_random", 10)
+    assert by_name["dct_lowpass_c20"] == sweep_spec("dct_lowpass", 20)
     assert by_name["adaptive_global_c10"].overrides == ("--model.parameterization.init_args.compression", "10")
     assert {by_name[n].parameterization for n in ("adaptive_c4", "adaptive_global_c4")} == {
         "dct adaptive", "dct adaptive global"
     }  # fmt: skip
-    everything = {s.name: s for s in reproduce.build_grid(["paper", "sweep", "adaptive"], [2, 4, 10, 20])}
+    everything = {s.name: s for s in build_grid(["paper", "sweep", "adaptive"], [2, 4, 10, 20])}
     assert len(everything) == 5 + 4 * 5 - 2 + 3 * 2  # paper + sweep, plus the moving supports at c = 4, 10, 20
     assert everything["dense"].groups == ("paper", "adaptive")
     assert everything["dct4x"].groups == ("paper", "sweep", "adaptive")
     assert everything["dct_random_c20"].groups == ("sweep", "adaptive")
     assert everything["adaptive_global_c20"].groups == ("adaptive",)
-    assert [s.name for s in reproduce.build_grid(["adaptive"], [], [], [2])] == [
+    assert [s.name for s in build_grid(["adaptive"], [], [], [2])] == [
         "dense", "dct_lowpass_c2", "dct_random_c2", "adaptive_c2", "adaptive_global_c2"
     ]  # fmt: skip
     # The moving supports: random start, an update every 100 steps, the group's compression.
@@ -265,7 +259,7 @@ def test_adaptive_grid_shares_the_fixed_supports(text_file: Path, capsys: pytest
 # Each run's plot/table label, as its spec gives it (``dense (dropout 0.1)``, ``dct adaptive global``, ...).
 LABELS = {
     s.name: s.parameterization
-    for s in reproduce.build_grid(["paper", "sweep", "tuning", "adaptive", "tries"], [4, 10, 20], [], [4, 10, 20])
+    for s in build_grid(["paper", "sweep", "tuning", "adaptive", "tries"], [4, 10, 20], [], [4, 10, 20])
 }
 
 
@@ -292,8 +286,8 @@ TUNING_ROWS = [
 
 
 def test_tuning_table_compares_the_best_tuned_models():
-    grid = reproduce.build_grid(["paper", "sweep", "tuning"], [4, 10])
-    md = reproduce.summary_markdown(TUNING_ROWS, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    grid = build_grid(["paper", "sweep", "tuning"], [4, 10])
+    md = summary_markdown(TUNING_ROWS, grid, Budget(5000, "cpu", ()), "cmd")
     # model, dropout, final, best, n; dense first; a dropout without runs is left out.
     assert table(md, "Tuning") == [
         ["dense", "0", "1.620 ± 0.028", "1.560 ± 0.014", "2"],
@@ -309,12 +303,12 @@ def test_tuning_table_compares_the_best_tuned_models():
         "0.2 (best 1.630, final 1.680). Gap dct4x − dense, best-tuned against best-tuned: +0.120 best vs best, "
         "+0.100 final vs final." in md
     )
-    assert reproduce.tuned(reproduce.by_run(TUNING_ROWS), "dense")[0] == 0.1
+    assert tuned(by_run(TUNING_ROWS), "dense")[0] == 0.1
     # The plot keeps the paper-setting runs and leaves the dropout variants to the table.
     assert {r["parameterization"] for r in TUNING_ROWS} == {
         "dense", "dense (dropout 0.1)", "dense (dropout 0.2)", "dct lowpass", "dct lowpass (dropout 0.2)"
     }  # fmt: skip
-    assert set(reproduce.plot_points(TUNING_ROWS)) == {"dense", "dct lowpass"}
+    assert set(plot_points(TUNING_ROWS)) == {"dense", "dct lowpass"}
 
 
 ADAPTIVE_ROWS = [
@@ -328,9 +322,9 @@ ADAPTIVE_ROWS = [
 
 
 def test_adaptive_table_gap_to_the_best_tuned_dense():
-    grid = reproduce.build_grid(["paper", "sweep", "tuning", "adaptive"], [4, 10], [4, 10], [4, 10])
-    budget = reproduce.Budget(5000, "cpu", ())
-    md = reproduce.summary_markdown(ADAPTIVE_ROWS + TUNING_ROWS[2:5], grid, budget, "cmd")
+    grid = build_grid(["paper", "sweep", "tuning", "adaptive"], [4, 10], [4, 10], [4, 10])
+    budget = Budget(5000, "cpu", ())
+    md = summary_markdown(ADAPTIVE_ROWS + TUNING_ROWS[2:5], grid, budget, "cmd")
     # selection, c, % of dense, best, final, gap, stable rank, tokens/s, x random, changed, n. The gap is to the
     # best-tuned dense's best val loss (dense_do0.1: 1.510), tokens/s relative to the fixed random runs' mean
     # (1,100) at the same c; cells without runs are left out.
@@ -350,7 +344,7 @@ def test_adaptive_table_gap_to_the_best_tuned_dense():
         ["adaptive, global", "10", "28.3%", "1.800", "1.900", "+0.290", "10.0", "500", "–", "0.150", "1"],
     ]  # fmt: skip
     # Without tuning runs, the gap is to the paper's dense run (best 1.550), and the report says so.
-    md = reproduce.summary_markdown(ADAPTIVE_ROWS, grid, budget, "cmd")
+    md = summary_markdown(ADAPTIVE_ROWS, grid, budget, "cmd")
     assert "the paper's dense run (dropout 0; no tuning run has finished), best val loss 1.550" in md
     assert [row[5] for row in table(md, "Adaptive frequency support")] == [
         "+0.000", "+0.110", "+0.220", "+0.110", "+0.250"
@@ -359,13 +353,13 @@ def test_adaptive_table_gap_to_the_best_tuned_dense():
     # The global run logged no support/k (no update): the K table says so instead of showing nothing.
     assert "Final K per layer (global budget): the global-budget runs logged no support update." in md
     # The plot gains one line per moving-support label, beside the fixed ones.
-    points = reproduce.plot_points(ADAPTIVE_ROWS)
+    points = plot_points(ADAPTIVE_ROWS)
     assert points["dct adaptive"] == [(28.3, pytest.approx(1.73), pytest.approx(math.sqrt(2e-4)))]
     assert set(points) == {"dense", "dct lowpass", "dct random", "dct adaptive", "dct adaptive global"}
 
 
 def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: pytest.CaptureFixture[str]):
-    grid = reproduce.build_grid(["tries"], [2, 10], [10], [10, 20])  # the other groups' compressions do not apply
+    grid = build_grid(["tries"], [2, 10], [10], [10, 20])  # the other groups' compressions do not apply
     assert [s.name for s in grid] == [
         "dense", "dct4x", "adaptive_c4", "adaptive_global_c4", "dct_random_c4", "adaptive_global_c10",
         "adaptive_global_c20",
@@ -382,10 +376,10 @@ def test_tries_change_one_option_of_the_runs_they_vary(text_file: Path, capsys: 
     ]  # fmt: skip
     by_name = {s.name: s for s in grid}
     # The references are the adaptive group's own runs (same folders), so they are trained once for both groups.
-    adaptive = {s.name: s for s in reproduce.build_grid(["adaptive"], [], [], [4, 10, 20])}
+    adaptive = {s.name: s for s in build_grid(["adaptive"], [], [], [4, 10, 20])}
     for name in ("dense", "dct4x", "dct_random_c4", "adaptive_c4", "adaptive_global_c4", "adaptive_global_c10"):
         assert by_name[name] == adaptive[name]
-    everything = {s.name: s for s in reproduce.build_grid(["adaptive", "tries"], [], [], [4])}
+    everything = {s.name: s for s in build_grid(["adaptive", "tries"], [], [], [4])}
     assert everything["adaptive_c4"].groups == ("adaptive", "tries")
     # Each try is its base run's command plus one change, which reaches the model.
     lr2 = by_name["adaptive_lr2_c4"]
@@ -476,8 +470,8 @@ def test_tries_table_pairs_each_try_with_its_base_by_seed():
         scored("adaptive_lowpass_c4", 5, 1.70, 1.64),  # no base run on seed 5
         scored("adaptive_global_lr2_do0.1_c4", 0, 1.60, 1.58),  # its base is the global lr × 2 try: 1.61
     ]  # fmt: skip
-    grid = reproduce.build_grid(["paper", "adaptive", "tries"], [], [], [4])
-    md = reproduce.summary_markdown(rows, grid, reproduce.Budget(5000, "cpu", ()), "cmd")
+    grid = build_grid(["paper", "adaptive", "tries"], [], [], [4])
+    md = summary_markdown(rows, grid, Budget(5000, "cpu", ()), "cmd")
     # try, % of dense, best, final, base (same seeds), delta, gap to the paper dense (best 1.550), stable rank, n
     assert table(md, "Tries") == [
         ["adaptive, per layer, coefficient lr × 2", "28.3%", "1.610", "1.690", "1.650 (`adaptive_c4`)", "-0.040",
@@ -492,8 +486,8 @@ def test_tries_table_pairs_each_try_with_its_base_by_seed():
          "1.610 (`adaptive_global_lr2_c4`)", "-0.030", "+0.030", "10.0", "1"],
     ]  # fmt: skip
     # The tries stay out of the plot, like the dropout variants, and out of the report until one has finished.
-    assert set(reproduce.plot_points(rows)) == set(reproduce.plot_points(ADAPTIVE_ROWS))
-    assert "## Tries" not in reproduce.summary_markdown(ADAPTIVE_ROWS, grid, reproduce.Budget(5000, "cpu", ()), "x")
+    assert set(plot_points(rows)) == set(plot_points(ADAPTIVE_ROWS))
+    assert "## Tries" not in summary_markdown(ADAPTIVE_ROWS, grid, Budget(5000, "cpu", ()), "x")
 
 
 def test_final_k_per_layer_from_the_event_file(tmp_path: Path):
@@ -517,7 +511,7 @@ def test_final_k_per_layer_from_the_event_file(tmp_path: Path):
     other = {**support_k, "blocks.0.attn.qkv": [1000, 1000]}  # a second seed: qkv kept its K
     rows.append({**scored("adaptive_global_c4", 1, 1.9, 1.8), "support_k": other})
     rows.append(scored("adaptive_global_c10", 0, 2.0, 1.9))  # no update logged: no column
-    md = reproduce.summary_markdown(rows, reproduce.build_grid(["adaptive"], []), reproduce.Budget(5000, "cpu", ()),
+    md = summary_markdown(rows, build_grid(["adaptive"], []), Budget(5000, "cpu", ()),
                                     "cmd")  # fmt: skip
     k_table = md.split("Final K per layer (global budget), as a share")[1].split("\n\n")[1].splitlines()
     assert k_table[0] == "| layer | c = 4 (n = 2) |"
@@ -541,7 +535,7 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     with open(out / "runs.csv", newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == reproduce.CSV_COLUMNS
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
         rows = {r["run"]: r for r in reader}
     assert sorted(rows) == ["dct4x", "dense"]
     vocab = len(set(text))
@@ -572,7 +566,7 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
     # A toy budget writes its own summary; only the paper's 5,000-step budget writes summary.md.
     (summary_md,) = out.glob("summary*.md")
     assert summary_md.name.startswith("summary-steps2-warmup0-")  # + the hash of the size and data overrides
-    assert reproduce.summary_stem(reproduce.Budget(5000, "cpu", ())) == "summary"
+    assert summary_stem(Budget(5000, "cpu", ())) == "summary"
     summary_png = summary_md.with_suffix(".png")
     summary = summary_md.read_text()
     table = [line for line in summary.splitlines() if line.startswith("| dense |") or line.startswith("| dct4x |")]
@@ -647,8 +641,8 @@ def test_a_run_finished_before_the_column_rename_is_still_read(tmp_path: Path) -
 def test_dry_run_lists_only_the_runs_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A grid spans sessions: --dry-run prints the commands still to run and marks the finished ones."""
     argv = ["--groups", "paper", "--steps", "300", "--seeds", "0", "1", "--out", str(tmp_path), "--dry-run"]
-    budget = reproduce.Budget(300, "auto", (), 30)
-    finished = reproduce.run_dir(tmp_path, reproduce.paper_spec("dct4x"), 1, budget)
+    budget = Budget(300, "auto", (), 30)
+    finished = reproduce.run_dir(tmp_path, paper_spec("dct4x"), 1, budget)
     finished.mkdir(parents=True)
     (finished / "metrics.json").write_text("{}")
     assert reproduce.main(argv) == 0
@@ -668,13 +662,13 @@ def test_curves_plot_averages_each_c4_supports_curve_over_its_seeds(tmp_path: Pa
     rows += [curve("adaptive_global_c4", 0, [2.2, 2.0]), curve("adaptive_global_c4", 1, [2.3, 1.9])]
     rows[-1]["val_curve"] = [[499, 2.3], [999, 1.9]]  # logged one step earlier: the same points
     rows += [curve("adaptive_global_lr2_do0.1_c4", 0, [2.1, 1.8]), curve("adaptive_global_c10", 0, [2.5, 2.3])]
-    lines = reproduce.curve_lines(rows)
+    lines = curve_lines(rows)
     # In the plot's order (references first, then the supports, then the tries); c = 10 runs are not drawn.
     assert list(lines) == ["dense_do0.1", "dct4x", "adaptive_global_c4", "adaptive_global_lr2_do0.1_c4"]
     assert lines["adaptive_global_c4"] == [(500, pytest.approx(2.25)), (1000, pytest.approx(1.95))]
     png = tmp_path / "curves.png"
-    assert reproduce.curves_plot(png, rows, reproduce.Budget(5000, "cpu", ()))
+    assert curves_plot(png, rows, Budget(5000, "cpu", ()))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Only references (no moving support, no try): nothing to compare, no file.
-    assert not reproduce.curves_plot(tmp_path / "none.png", rows[:3], reproduce.Budget(5000, "cpu", ()))
+    assert not curves_plot(tmp_path / "none.png", rows[:3], Budget(5000, "cpu", ()))
     assert not (tmp_path / "none.png").exists()
