@@ -475,7 +475,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="train nothing: write runs.csv, summary.md and summary.png from the runs already finished under --out",
+        help="train nothing: write runs.csv, summary.md and summary.png from the runs already finished (the ledger "
+        "--out/runs.jsonl, updated from any metrics.json under --out/runs)",
     )
     args = parser.parse_args(argv)
     if args.steps < 1:
