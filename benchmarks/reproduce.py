@@ -363,7 +363,7 @@ def train(spec: RunSpec, seed: int, budget: Budget, out: Path, jobs: int = 1) ->
         return "failed", None
     row = collect(spec, seed, budget, directory, wall, resumed, cmd)
     atomic_write_text(metrics, json.dumps(row, indent=2) + "\n")
-    all_rows(out)  # records the run in the ledger
+    sync_ledger(out)
     return "done", row
 
 
@@ -396,11 +396,11 @@ def read_ledger(out: Path) -> dict[tuple[str, str, int], dict]:
     return rows
 
 
-def all_rows(out: Path) -> list[dict]:
-    """Every finished run, in a stable order: the ledger's lines and the ``metrics.json`` under ``<out>/runs``.
+def sync_ledger(out: Path) -> list[dict]:
+    """Record every ``metrics.json`` under ``<out>/runs`` in the ledger; returns every finished run, in a stable order.
 
     The run folders' files win over the ledger's copy, and the ledger is rewritten (through a temporary file) as the
-    union whenever it gains or changes a line: a run that another process finished while this one read the ledger
+    union only when it gains or changes a line: a run that another process finished while this one read the ledger
     is recorded again the next time, from its ``metrics.json``.
     """
     with _LEDGER_LOCK:
@@ -562,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_reports(out: Path, budget: Budget, seeds: Sequence[int], command: str) -> None:
     """``runs.csv`` (every finished run), the summary markdown and plot (this budget's runs of ``seeds``)."""
-    rows = all_rows(out)
+    rows = sync_ledger(out)
     current = [r for r in rows if r["tag"] == budget.tag and r["seed"] in seeds]
     if not current:
         raise SystemExit(

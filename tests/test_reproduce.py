@@ -626,10 +626,10 @@ def test_toy_reproduction_and_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_a_damaged_ledger_line_is_named(tmp_path: Path) -> None:
     (tmp_path / "runs.jsonl").write_text('{"run": "dense", "tag": "steps5000", "seed": 0}\n{"run": "dct4x"\n')
     with pytest.raises(SystemExit, match=r"runs.jsonl line 2 is not a finished run's record"):
-        reproduce.all_rows(tmp_path)
+        reproduce.sync_ledger(tmp_path)
     (tmp_path / "runs.jsonl").write_text('{"run": "dense", "seed": 0}\n')  # no budget tag
     with pytest.raises(SystemExit, match=r"line 1 .*expected one JSON object with run, tag and seed"):
-        reproduce.all_rows(tmp_path)
+        reproduce.sync_ledger(tmp_path)
 
 
 def test_a_run_finished_before_the_column_rename_is_still_read(tmp_path: Path) -> None:

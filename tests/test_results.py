@@ -4,33 +4,31 @@ when a run is added or redone."""
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
+import sys
 
 import pytest
 from helpers import REPO
 
+# benchmarks/ holds scripts, not a package: the ledger reader and the cell format are reproduce.py's own.
+sys.path.insert(0, str(REPO / "benchmarks"))
+from reproduce import read_ledger  # noqa: E402
+from reproduce_report import mean_std as cell  # noqa: E402
+
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
-def ledger() -> dict[str, list[dict]]:
-    """The paper budget's finished runs by name (every seed), from the tracked ledger."""
+def paper_budget_runs() -> dict[str, list[dict]]:
+    """The paper budget's finished runs by name (every seed, in seed order), from the tracked ledger."""
     runs: dict[str, list[dict]] = {}
-    for line in (REPO / "results" / "runs.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row["tag"] == "steps5000":
-            runs.setdefault(row["run"], []).append(row)
+    for (run, tag, _), row in sorted(read_ledger(REPO / "results").items()):
+        if tag == "steps5000":
+            runs.setdefault(run, []).append(row)
     return runs
 
 
-RUNS = ledger()
-
-
-def cell(values: list[float]) -> str:
-    """How the README writes a number over seeds: ``m ± s`` (sample std), or ``m`` for one seed."""
-    mean = statistics.fmean(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+RUNS = paper_budget_runs()
 
 
 def table_after(marker: str) -> list[list[str]]:
